@@ -1,0 +1,46 @@
+# The two commands of README.md: `make demo` and `make test`. Both set everything up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+CORE := $(VENV)/.core-built
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock
+
+.PHONY: demo test setup build cargo-test pytest bench lint clean
+
+demo: build
+	$(PY) -m dropbear.demo
+
+test: cargo-test pytest
+
+setup: $(DEPS)
+
+build: $(CORE)
+
+# Pinned Python dependencies (requirements.lock) in a local virtualenv.
+$(DEPS): requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	touch $@
+
+# The Rust extension dropbear._core, in release mode, installed editable into the venv.
+$(CORE): $(DEPS) $(RUST_SOURCES) pyproject.toml
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+cargo-test:
+	cargo test --workspace --quiet
+
+pytest: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(PY) -m pytest benches -q --benchmark-enable --benchmark-columns=mean,median,ops,rounds
+
+lint: $(DEPS)
+	$(VENV)/bin/ruff check python tests benches
+	cargo fmt --all -- --check
+
+clean:
+	rm -rf $(VENV) target python/dropbear/_core*.so .pytest_cache .benchmarks

@@ -1,0 +1,97 @@
+"""Dropbear's Rust consensus core: ed25519, SHA-256, RFC 9162 Merkle trees, quorum tracking.
+
+Errors are ``ValueError`` (bad lengths, invalid or weak keys, bad thresholds, a full
+tracker) or ``IndexError`` (leaf or node index out of range); messages name the bad value.
+"""
+
+from collections.abc import Sequence
+
+MAX_EVIDENCE: int
+"""Equivocation records a QuorumTracker keeps until taken; past it they are counted as dropped."""
+
+class SigningKey:
+    """An Ed25519 signing key."""
+
+    @staticmethod
+    def generate() -> SigningKey:
+        """A fresh key from the operating system's randomness."""
+    @staticmethod
+    def from_seed(seed: bytes) -> SigningKey:
+        """The key of a 32-byte seed (RFC 8032 secret key)."""
+    def seed(self) -> bytes:
+        """The 32-byte seed, for storing the key."""
+    @property
+    def public_key(self) -> bytes:
+        """The 32-byte public key."""
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature of ``message``."""
+
+class VerifyingKey:
+    """An Ed25519 public key; loading refuses wrong lengths, non-points and weak keys."""
+
+    def __init__(self, public_key: bytes) -> None: ...
+    def to_bytes(self) -> bytes: ...
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """Strict verification; a signature that is not 64 bytes raises ValueError."""
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Strict verification of one signature; a malformed or weak key raises ValueError."""
+
+def batch_verify(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:
+    """Verifies ``(message, signature, public_key)`` triples at once.
+
+    Returns the indices of the bad items in increasing order (empty when all verify).
+    Malformed items (bad lengths, invalid or weak keys) are bad items. Agrees with
+    :func:`verify` item by item. Runs with the GIL released.
+    """
+
+def sha256(data: bytes) -> bytes: ...
+def sha256_many(messages: Sequence[bytes]) -> list[bytes]:
+    """SHA-256 of each message, in order (GIL released)."""
+
+def merkle_leaf_hash(leaf: bytes) -> bytes:
+    """RFC 9162 leaf hash: ``SHA-256(0x00 || leaf)``."""
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """RFC 9162 Merkle tree hash of raw leaves; the empty tree is ``SHA-256(b"")``."""
+
+def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """The inclusion proof of leaf ``index``, bottom up; IndexError when out of range."""
+
+def merkle_verify(
+    leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
+) -> bool:
+    """RFC 9162 §2.1.3.2: is ``leaf`` leaf ``index`` of the tree of ``tree_size`` with ``root``?"""
+
+Vote = tuple[int, int, bytes, int, bytes]
+"""``(view, seq, digest, node, signed message)`` as kept in evidence."""
+
+class QuorumTracker:
+    """Counts distinct nodes per ``(view, seq, digest)``; reports each quorum once.
+
+    A second vote by a node for the same ``(view, seq)`` with another digest is not counted;
+    both votes are kept as evidence. At most ``max_slots`` ``(view, seq)`` slots are tracked.
+    """
+
+    def __init__(self, nodes: int, threshold: int, max_slots: int = 4096) -> None: ...
+    @property
+    def threshold(self) -> int: ...
+    @property
+    def evidence_dropped(self) -> int:
+        """Equivocations not kept because MAX_EVIDENCE records were waiting."""
+    def __len__(self) -> int:
+        """The number of ``(view, seq)`` slots tracked."""
+    def add_votes(
+        self, votes: Sequence[tuple[int, int, bytes, int, bytes | None]]
+    ) -> list[tuple[int, int, bytes]]:
+        """Adds ``(view, seq, digest, node, signed)`` votes in order.
+
+        Returns the quorums ``(view, seq, digest)`` these votes complete, each exactly once.
+        Votes at or below a forgotten sequence number are ignored. On an error the votes
+        before the failing one are counted.
+        """
+    def count(self, view: int, seq: int, digest: bytes) -> int: ...
+    def forget_up_to(self, seq: int) -> int:
+        """Drops every slot at or below ``seq``; returns how many were dropped."""
+    def take_evidence(self) -> list[tuple[Vote, Vote]]:
+        """Takes the pairs of conflicting votes gathered so far."""

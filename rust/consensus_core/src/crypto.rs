@@ -1,0 +1,225 @@
+//! Ed25519 keys, strict single verification and batch verification that names bad items.
+
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::OsRng;
+
+use crate::error::{hex, CoreError};
+
+pub const SEED_LEN: usize = 32;
+pub const PUBLIC_KEY_LEN: usize = 32;
+pub const SIGNATURE_LEN: usize = 64;
+/// Below this many items a failed batch is checked one by one instead of split further.
+const BISECT_CUTOFF: usize = 8;
+
+fn check_len(what: &'static str, bytes: &[u8], expected: usize) -> Result<(), CoreError> {
+    if bytes.len() == expected {
+        Ok(())
+    } else {
+        Err(CoreError::Length {
+            what,
+            expected,
+            got: bytes.len(),
+        })
+    }
+}
+
+/// A fresh signing key from the operating system's randomness.
+pub fn generate_signing_key() -> SigningKey {
+    SigningKey::generate(&mut OsRng)
+}
+
+/// The signing key derived from a 32-byte seed (RFC 8032 secret key).
+pub fn signing_key_from_seed(seed: &[u8]) -> Result<SigningKey, CoreError> {
+    check_len("seed", seed, SEED_LEN)?;
+    let mut s = [0u8; SEED_LEN];
+    s.copy_from_slice(seed);
+    Ok(SigningKey::from_bytes(&s))
+}
+
+pub fn sign(key: &SigningKey, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+    key.sign(message).to_bytes()
+}
+
+/// Loads a public key, refusing wrong lengths, non-points and weak (small-order) keys.
+pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, CoreError> {
+    check_len("public key", bytes, PUBLIC_KEY_LEN)?;
+    let mut b = [0u8; PUBLIC_KEY_LEN];
+    b.copy_from_slice(bytes);
+    let key = VerifyingKey::from_bytes(&b).map_err(|_| CoreError::InvalidPublicKey(hex(bytes)))?;
+    if key.is_weak() {
+        return Err(CoreError::WeakPublicKey(hex(bytes)));
+    }
+    Ok(key)
+}
+
+pub fn parse_signature(bytes: &[u8]) -> Result<Signature, CoreError> {
+    check_len("signature", bytes, SIGNATURE_LEN)?;
+    let mut b = [0u8; SIGNATURE_LEN];
+    b.copy_from_slice(bytes);
+    Ok(Signature::from_bytes(&b))
+}
+
+/// Strict verification (RFC 8032 plus no small-order R or A, canonical S).
+pub fn verify_strict(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
+    key.verify_strict(message, signature).is_ok()
+}
+
+/// One item of a batch: `(message, signature, public key)`, all borrowed.
+pub type BatchItem<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+struct Parsed<'a> {
+    index: usize,
+    message: &'a [u8],
+    signature: Signature,
+    key: VerifyingKey,
+}
+
+/// The `R` half of a signature must be a canonical encoding of a point of large order,
+/// as `verify_strict` demands; batch verification alone does not check that.
+fn strict_r(signature: &[u8]) -> bool {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&signature[..32]);
+    match CompressedEdwardsY(r).decompress() {
+        Some(point) => !point.is_small_order() && point.compress().to_bytes() == r,
+        None => false,
+    }
+}
+
+/// Verifies many signatures at once; returns the indices of the bad items, in order
+/// (empty when all are good). Malformed items (wrong lengths, invalid or weak keys) are bad
+/// items. Agrees with [`verify_strict`] item by item.
+pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
+    let mut bad = Vec::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    for (index, &(message, sig, pk)) in items.iter().enumerate() {
+        let (Ok(signature), Ok(key)) = (parse_signature(sig), parse_public_key(pk)) else {
+            bad.push(index);
+            continue;
+        };
+        if !strict_r(sig) {
+            bad.push(index);
+            continue;
+        }
+        parsed.push(Parsed {
+            index,
+            message,
+            signature,
+            key,
+        });
+    }
+    find_bad(&parsed, &mut bad, false);
+    bad.sort_unstable();
+    bad
+}
+
+fn batch_ok(items: &[Parsed<'_>]) -> bool {
+    let messages: Vec<&[u8]> = items.iter().map(|p| p.message).collect();
+    let signatures: Vec<Signature> = items.iter().map(|p| p.signature).collect();
+    let keys: Vec<VerifyingKey> = items.iter().map(|p| p.key).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+}
+
+/// Finds the bad items of a batch by splitting it in halves; `known_bad` skips re-checking
+/// a batch already known to fail.
+fn find_bad(items: &[Parsed<'_>], bad: &mut Vec<usize>, known_bad: bool) {
+    if items.is_empty() {
+        return;
+    }
+    if items.len() <= BISECT_CUTOFF {
+        for p in items {
+            if !verify_strict(&p.key, p.message, &p.signature) {
+                bad.push(p.index);
+            }
+        }
+        return;
+    }
+    if !known_bad && batch_ok(items) {
+        return;
+    }
+    let (left, right) = items.split_at(items.len() / 2);
+    let left_ok = batch_ok(left);
+    if !left_ok {
+        find_bad(left, bad, true);
+    }
+    // When the left half is good, the right half must hold the failure.
+    find_bad(right, bad, left_ok);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    #[test]
+    fn rfc8032_test_1() {
+        let key = signing_key_from_seed(&unhex(
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        ))
+        .unwrap();
+        assert_eq!(
+            key.verifying_key().to_bytes().to_vec(),
+            unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        );
+        let sig = sign(&key, b"");
+        assert_eq!(sig.to_vec(), unhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"));
+        assert!(verify_strict(
+            &key.verifying_key(),
+            b"",
+            &Signature::from_bytes(&sig)
+        ));
+        assert!(!verify_strict(
+            &key.verifying_key(),
+            b"x",
+            &Signature::from_bytes(&sig)
+        ));
+    }
+
+    #[test]
+    fn weak_and_malformed_keys_are_refused() {
+        // The identity point (small order) is a weak key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(
+            parse_public_key(&identity),
+            Err(CoreError::WeakPublicKey(_))
+        ));
+        assert!(matches!(
+            parse_public_key(&[0u8; 31]),
+            Err(CoreError::Length { got: 31, .. })
+        ));
+        assert!(matches!(
+            parse_signature(&[0u8; 65]),
+            Err(CoreError::Length { got: 65, .. })
+        ));
+    }
+
+    #[test]
+    fn batch_names_the_bad_items() {
+        let keys: Vec<SigningKey> = (0..40u8)
+            .map(|i| signing_key_from_seed(&[i; 32]).unwrap())
+            .collect();
+        let messages: Vec<Vec<u8>> = (0..40u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let mut sigs: Vec<[u8; 64]> = keys
+            .iter()
+            .zip(&messages)
+            .map(|(k, m)| sign(k, m))
+            .collect();
+        let pks: Vec<[u8; 32]> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
+        sigs[3][40] ^= 1;
+        sigs[29][0] ^= 4;
+        let short = [0u8; 10];
+        let items: Vec<BatchItem> = (0..40)
+            .map(|i| {
+                let sig: &[u8] = if i == 17 { &short } else { &sigs[i] };
+                (messages[i].as_slice(), sig, pks[i].as_slice())
+            })
+            .collect();
+        assert_eq!(batch_verify(&items), vec![3, 17, 29]);
+        assert!(batch_verify(&items[4..17]).is_empty());
+        assert!(batch_verify(&[]).is_empty());
+    }
+}

@@ -1,0 +1,174 @@
+//! SHA-256 digests and RFC 9162 (Certificate Transparency v2) Merkle trees.
+//!
+//! Leaf hash `SHA-256(0x00 || leaf)`, node hash `SHA-256(0x01 || left || right)`; the empty
+//! tree's root is `SHA-256("")`. Proofs and their verification follow RFC 9162 §2.1.3.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::CoreError;
+
+pub type Hash = [u8; 32];
+
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+pub fn leaf_hash(leaf: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(leaf);
+    h.finalize().into()
+}
+
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+/// One level up: pairs are hashed together, an odd last node is carried up as it is.
+/// Level by level this gives exactly RFC 9162's split at the largest power of two.
+fn next_level(level: &[Hash]) -> Vec<Hash> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [left, right] => node_hash(left, right),
+            [single] => *single,
+            _ => unreachable!("chunks(2) yields one or two nodes"),
+        })
+        .collect()
+}
+
+/// The Merkle tree hash of a list of leaves (raw leaf bytes, hashed here).
+pub fn root<L: AsRef<[u8]>>(leaves: &[L]) -> Hash {
+    if leaves.is_empty() {
+        return sha256(b"");
+    }
+    let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    while level.len() > 1 {
+        level = next_level(&level);
+    }
+    level[0]
+}
+
+/// The inclusion proof (audit path) of leaf `index`, from the leaf's sibling upwards.
+pub fn inclusion_proof<L: AsRef<[u8]>>(leaves: &[L], index: u64) -> Result<Vec<Hash>, CoreError> {
+    let size = leaves.len() as u64;
+    if index >= size {
+        return Err(CoreError::IndexOutOfRange { index, size });
+    }
+    let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    let mut i = index as usize;
+    let mut proof = Vec::new();
+    while level.len() > 1 {
+        let sibling = i ^ 1;
+        if sibling < level.len() {
+            proof.push(level[sibling]);
+        }
+        level = next_level(&level);
+        i /= 2;
+    }
+    Ok(proof)
+}
+
+/// RFC 9162 §2.1.3.2: does `proof` show that `leaf` is leaf `index` of the tree of
+/// `tree_size` leaves with root `root`?
+pub fn verify_inclusion(
+    leaf: &[u8],
+    index: u64,
+    tree_size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> bool {
+    if index >= tree_size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, tree_size - 1);
+    let mut r = leaf_hash(leaf);
+    for p in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && r == *root
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9162's recursive definition, as a reference.
+    fn reference_root(leaves: &[Vec<u8>]) -> Hash {
+        match leaves.len() {
+            0 => sha256(b""),
+            1 => leaf_hash(&leaves[0]),
+            n => {
+                let mut k = 1;
+                while k * 2 < n {
+                    k *= 2;
+                }
+                node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
+            }
+        }
+    }
+
+    #[test]
+    fn empty_and_single_leaf() {
+        assert_eq!(
+            hex::encode(root::<Vec<u8>>(&[])),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        // RFC 6962 test vector: a single empty leaf.
+        assert_eq!(
+            hex::encode(root(&[b"".to_vec()])),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
+        assert!(inclusion_proof(&[b"a".to_vec()], 0).unwrap().is_empty());
+        assert!(verify_inclusion(b"a", 0, 1, &[], &root(&[b"a".to_vec()])));
+    }
+
+    #[test]
+    fn matches_reference_and_proofs_verify() {
+        for n in 1..=70usize {
+            let leaves: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf {i}").into_bytes()).collect();
+            let r = root(&leaves);
+            assert_eq!(r, reference_root(&leaves), "n = {n}");
+            for i in 0..n {
+                let proof = inclusion_proof(&leaves, i as u64).unwrap();
+                assert!(verify_inclusion(&leaves[i], i as u64, n as u64, &proof, &r));
+                assert!(!verify_inclusion(
+                    &leaves[i], i as u64, i as u64, &proof, &r
+                ));
+                if n > 1 {
+                    let other = (i + 1) % n;
+                    assert!(!verify_inclusion(
+                        &leaves[i],
+                        other as u64,
+                        n as u64,
+                        &proof,
+                        &r
+                    ));
+                }
+            }
+        }
+        assert!(matches!(
+            inclusion_proof(&[b"a".to_vec()], 1),
+            Err(CoreError::IndexOutOfRange { index: 1, size: 1 })
+        ));
+    }
+}

@@ -1,0 +1,288 @@
+//! PyO3 bindings: the `dropbear._core` extension. Input bytes are borrowed (`&[u8]`,
+//! `PyBackedBytes`), never copied; bulk work runs with the GIL released.
+
+use ed25519_dalek::{SigningKey as DalekSigningKey, VerifyingKey as DalekVerifyingKey};
+use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+
+use crate::crypto;
+use crate::error::CoreError;
+use crate::merkle::{self, Hash};
+use crate::quorum;
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> PyErr {
+        match e {
+            CoreError::IndexOutOfRange { .. } | CoreError::NodeOutOfRange { .. } => {
+                PyIndexError::new_err(e.to_string())
+            }
+            _ => PyValueError::new_err(e.to_string()),
+        }
+    }
+}
+
+fn hash_arg(what: &'static str, bytes: &[u8]) -> Result<Hash, CoreError> {
+    bytes.try_into().map_err(|_| CoreError::Length {
+        what,
+        expected: 32,
+        got: bytes.len(),
+    })
+}
+
+/// An Ed25519 signing key (the 32-byte seed stays inside; `seed()` exports it for storage).
+#[pyclass(module = "dropbear._core", frozen)]
+struct SigningKey(DalekSigningKey);
+
+#[pymethods]
+impl SigningKey {
+    #[staticmethod]
+    fn generate() -> Self {
+        Self(crypto::generate_signing_key())
+    }
+
+    #[staticmethod]
+    fn from_seed(seed: &[u8]) -> PyResult<Self> {
+        Ok(Self(crypto::signing_key_from_seed(seed)?))
+    }
+
+    fn seed<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.0.as_bytes())
+    }
+
+    #[getter]
+    fn public_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.0.verifying_key().as_bytes())
+    }
+
+    fn sign<'py>(&self, py: Python<'py>, message: &[u8]) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &crypto::sign(&self.0, message))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SigningKey(public_key={})",
+            crate::error::hex(self.0.verifying_key().as_bytes())
+        )
+    }
+}
+
+/// An Ed25519 public key, checked when loaded (length, valid point, not weak).
+#[pyclass(module = "dropbear._core", frozen)]
+struct VerifyingKey(DalekVerifyingKey);
+
+#[pymethods]
+impl VerifyingKey {
+    #[new]
+    fn new(public_key: &[u8]) -> PyResult<Self> {
+        Ok(Self(crypto::parse_public_key(public_key)?))
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.0.as_bytes())
+    }
+
+    /// Strict verification; a signature of the wrong length raises ValueError.
+    fn verify(&self, message: &[u8], signature: &[u8]) -> PyResult<bool> {
+        let signature = crypto::parse_signature(signature)?;
+        Ok(crypto::verify_strict(&self.0, message, &signature))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("VerifyingKey({})", crate::error::hex(self.0.as_bytes()))
+    }
+}
+
+/// Strict verification of one signature; malformed or weak keys and bad lengths raise.
+#[pyfunction]
+fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> PyResult<bool> {
+    let key = crypto::parse_public_key(public_key)?;
+    let signature = crypto::parse_signature(signature)?;
+    Ok(crypto::verify_strict(&key, message, &signature))
+}
+
+/// Verifies many `(message, signature, public_key)` triples; returns the indices of bad ones.
+#[pyfunction]
+fn batch_verify(
+    py: Python<'_>,
+    items: Vec<(PyBackedBytes, PyBackedBytes, PyBackedBytes)>,
+) -> Vec<usize> {
+    py.detach(|| {
+        let borrowed: Vec<crypto::BatchItem<'_>> = items
+            .iter()
+            .map(|(m, s, k)| (&m[..], &s[..], &k[..]))
+            .collect();
+        crypto::batch_verify(&borrowed)
+    })
+}
+
+#[pyfunction]
+fn sha256<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &merkle::sha256(data))
+}
+
+/// SHA-256 of each message, in order.
+#[pyfunction]
+fn sha256_many<'py>(py: Python<'py>, messages: Vec<PyBackedBytes>) -> Vec<Bound<'py, PyBytes>> {
+    let digests: Vec<Hash> = py.detach(|| messages.iter().map(|m| merkle::sha256(m)).collect());
+    digests.iter().map(|d| PyBytes::new(py, d)).collect()
+}
+
+#[pyfunction]
+fn merkle_leaf_hash<'py>(py: Python<'py>, leaf: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &merkle::leaf_hash(leaf))
+}
+
+/// RFC 9162 Merkle tree hash of raw leaves.
+#[pyfunction]
+fn merkle_root<'py>(py: Python<'py>, leaves: Vec<PyBackedBytes>) -> Bound<'py, PyBytes> {
+    let root = py.detach(|| merkle::root(&leaves));
+    PyBytes::new(py, &root)
+}
+
+/// The inclusion proof of leaf `index` (sibling hashes, bottom up).
+#[pyfunction]
+fn merkle_proof<'py>(
+    py: Python<'py>,
+    leaves: Vec<PyBackedBytes>,
+    index: u64,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let proof = py.detach(|| merkle::inclusion_proof(&leaves, index))?;
+    Ok(proof.iter().map(|h| PyBytes::new(py, h)).collect())
+}
+
+/// RFC 9162 §2.1.3.2 verification of an inclusion proof; hashes of the wrong length raise.
+#[pyfunction]
+fn merkle_verify(
+    leaf: &[u8],
+    index: u64,
+    tree_size: u64,
+    proof: Vec<PyBackedBytes>,
+    root: &[u8],
+) -> PyResult<bool> {
+    let root = hash_arg("root", root)?;
+    let proof: Vec<Hash> = proof
+        .iter()
+        .map(|p| hash_arg("proof hash", p))
+        .collect::<Result<_, _>>()?;
+    Ok(merkle::verify_inclusion(
+        leaf, index, tree_size, &proof, &root,
+    ))
+}
+
+/// Counts votes `(view, seq, digest, node[, signed])` and reports each quorum once.
+#[pyclass(module = "dropbear._core")]
+struct QuorumTracker(quorum::QuorumTracker);
+
+type VoteTuple = (u64, u64, PyBackedBytes, u32, Option<PyBackedBytes>);
+
+fn vote_from_tuple(v: VoteTuple) -> Result<quorum::Vote, CoreError> {
+    Ok(quorum::Vote {
+        view: v.0,
+        seq: v.1,
+        digest: hash_arg("digest", &v.2)?,
+        node: v.3,
+        signed: v.4.map(|s| s.to_vec()).unwrap_or_default(),
+    })
+}
+
+fn vote_tuple<'py>(
+    py: Python<'py>,
+    v: &quorum::Vote,
+) -> (u64, u64, Bound<'py, PyBytes>, u32, Bound<'py, PyBytes>) {
+    (
+        v.view,
+        v.seq,
+        PyBytes::new(py, &v.digest),
+        v.node,
+        PyBytes::new(py, &v.signed),
+    )
+}
+
+type QuorumTuple<'py> = (u64, u64, Bound<'py, PyBytes>);
+
+#[pymethods]
+impl QuorumTracker {
+    #[new]
+    #[pyo3(signature = (nodes, threshold, max_slots = 4096))]
+    fn new(nodes: u32, threshold: u32, max_slots: usize) -> PyResult<Self> {
+        Ok(Self(quorum::QuorumTracker::new(
+            nodes, threshold, max_slots,
+        )?))
+    }
+
+    #[getter]
+    fn threshold(&self) -> u32 {
+        self.0.threshold()
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.slots()
+    }
+
+    /// Adds votes in order and returns the quorums `(view, seq, digest)` they complete.
+    fn add_votes<'py>(
+        &mut self,
+        py: Python<'py>,
+        votes: Vec<VoteTuple>,
+    ) -> PyResult<Vec<QuorumTuple<'py>>> {
+        let votes: Vec<quorum::Vote> = votes
+            .into_iter()
+            .map(vote_from_tuple)
+            .collect::<Result<_, _>>()?;
+        let tracker = &mut self.0;
+        let reached = py.detach(|| tracker.add_votes(votes))?;
+        Ok(reached
+            .iter()
+            .map(|(view, seq, d)| (*view, *seq, PyBytes::new(py, d)))
+            .collect())
+    }
+
+    fn count(&self, view: u64, seq: u64, digest: &[u8]) -> PyResult<u32> {
+        Ok(self.0.count(view, seq, &hash_arg("digest", digest)?))
+    }
+
+    fn forget_up_to(&mut self, seq: u64) -> usize {
+        self.0.forget_up_to(seq)
+    }
+
+    /// Takes the evidence gathered so far: pairs of conflicting votes, as
+    /// `((view, seq, digest, node, signed), (view, seq, digest, node, signed))`.
+    #[allow(clippy::type_complexity)]
+    fn take_evidence<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> Vec<(
+        (u64, u64, Bound<'py, PyBytes>, u32, Bound<'py, PyBytes>),
+        (u64, u64, Bound<'py, PyBytes>, u32, Bound<'py, PyBytes>),
+    )> {
+        self.0
+            .take_evidence()
+            .iter()
+            .map(|e| (vote_tuple(py, &e.first), vote_tuple(py, &e.second)))
+            .collect()
+    }
+
+    #[getter]
+    fn evidence_dropped(&self) -> u64 {
+        self.0.evidence_dropped()
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<SigningKey>()?;
+    m.add_class::<VerifyingKey>()?;
+    m.add_class::<QuorumTracker>()?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256_many, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_leaf_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_proof, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_verify, m)?)?;
+    m.add("MAX_EVIDENCE", quorum::MAX_EVIDENCE)?;
+    Ok(())
+}
