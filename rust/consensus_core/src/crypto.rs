@@ -1,8 +1,11 @@
 //! Ed25519 keys, strict single verification and batch verification that names bad items.
 
+use std::collections::HashMap;
+
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::OsRng;
+use rayon::prelude::*;
 
 use crate::error::{hex, CoreError};
 
@@ -11,6 +14,8 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 pub const SIGNATURE_LEN: usize = 64;
 /// Below this many items a failed batch is checked one by one instead of split further.
 const BISECT_CUTOFF: usize = 8;
+/// Batches are cut into chunks of this many items, verified on all cores (rayon).
+const PARALLEL_CHUNK: usize = 128;
 
 fn check_len(what: &'static str, bytes: &[u8], expected: usize) -> Result<(), CoreError> {
     if bytes.len() == expected {
@@ -92,8 +97,14 @@ fn strict_r(signature: &[u8]) -> bool {
 pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
     let mut bad = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
+    // Batches usually hold many signatures by few keys: decompress each key once.
+    let mut keys: HashMap<&[u8], Result<VerifyingKey, CoreError>> = HashMap::new();
     for (index, &(message, sig, pk)) in items.iter().enumerate() {
-        let (Ok(signature), Ok(key)) = (parse_signature(sig), parse_public_key(pk)) else {
+        let key = keys
+            .entry(pk)
+            .or_insert_with(|| parse_public_key(pk))
+            .clone();
+        let (Ok(signature), Ok(key)) = (parse_signature(sig), key) else {
             bad.push(index);
             continue;
         };
@@ -108,7 +119,15 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
             key,
         });
     }
-    find_bad(&parsed, &mut bad, false);
+    let found: Vec<Vec<usize>> = parsed
+        .par_chunks(PARALLEL_CHUNK)
+        .map(|chunk| {
+            let mut chunk_bad = Vec::new();
+            find_bad(chunk, &mut chunk_bad, false);
+            chunk_bad
+        })
+        .collect();
+    bad.extend(found.into_iter().flatten());
     bad.sort_unstable();
     bad
 }

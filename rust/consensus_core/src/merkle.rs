@@ -3,11 +3,15 @@
 //! Leaf hash `SHA-256(0x00 || leaf)`, node hash `SHA-256(0x01 || left || right)`; the empty
 //! tree's root is `SHA-256("")`. Proofs and their verification follow RFC 9162 §2.1.3.
 
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::CoreError;
 
 pub type Hash = [u8; 32];
+
+/// Levels at least this wide are hashed on all cores (rayon); narrower ones on one.
+const PARALLEL_MIN_NODES: usize = 512;
 
 pub fn sha256(data: &[u8]) -> Hash {
     Sha256::digest(data).into()
@@ -31,22 +35,43 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 /// One level up: pairs are hashed together, an odd last node is carried up as it is.
 /// Level by level this gives exactly RFC 9162's split at the largest power of two.
 fn next_level(level: &[Hash]) -> Vec<Hash> {
-    level
-        .chunks(2)
-        .map(|pair| match pair {
+    fn parent(pair: &[Hash]) -> Hash {
+        match pair {
             [left, right] => node_hash(left, right),
             [single] => *single,
             _ => unreachable!("chunks(2) yields one or two nodes"),
-        })
-        .collect()
+        }
+    }
+    if level.len() >= PARALLEL_MIN_NODES {
+        level.par_chunks(2).map(parent).collect()
+    } else {
+        level.chunks(2).map(parent).collect()
+    }
+}
+
+/// SHA-256 of each message, on all cores when there are many.
+pub fn sha256_many<M: AsRef<[u8]> + Sync>(messages: &[M]) -> Vec<Hash> {
+    if messages.len() >= PARALLEL_MIN_NODES {
+        messages.par_iter().map(|m| sha256(m.as_ref())).collect()
+    } else {
+        messages.iter().map(|m| sha256(m.as_ref())).collect()
+    }
+}
+
+fn leaf_level<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Vec<Hash> {
+    if leaves.len() >= PARALLEL_MIN_NODES {
+        leaves.par_iter().map(|l| leaf_hash(l.as_ref())).collect()
+    } else {
+        leaves.iter().map(|l| leaf_hash(l.as_ref())).collect()
+    }
 }
 
 /// The Merkle tree hash of a list of leaves (raw leaf bytes, hashed here).
-pub fn root<L: AsRef<[u8]>>(leaves: &[L]) -> Hash {
+pub fn root<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Hash {
     if leaves.is_empty() {
         return sha256(b"");
     }
-    let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    let mut level = leaf_level(leaves);
     while level.len() > 1 {
         level = next_level(&level);
     }
@@ -54,12 +79,15 @@ pub fn root<L: AsRef<[u8]>>(leaves: &[L]) -> Hash {
 }
 
 /// The inclusion proof (audit path) of leaf `index`, from the leaf's sibling upwards.
-pub fn inclusion_proof<L: AsRef<[u8]>>(leaves: &[L], index: u64) -> Result<Vec<Hash>, CoreError> {
+pub fn inclusion_proof<L: AsRef<[u8]> + Sync>(
+    leaves: &[L],
+    index: u64,
+) -> Result<Vec<Hash>, CoreError> {
     let size = leaves.len() as u64;
     if index >= size {
         return Err(CoreError::IndexOutOfRange { index, size });
     }
-    let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    let mut level = leaf_level(leaves);
     let mut i = index as usize;
     let mut proof = Vec::new();
     while level.len() > 1 {

@@ -125,7 +125,7 @@ fn sha256<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
 /// SHA-256 of each message, in order.
 #[pyfunction]
 fn sha256_many<'py>(py: Python<'py>, messages: Vec<PyBackedBytes>) -> Vec<Bound<'py, PyBytes>> {
-    let digests: Vec<Hash> = py.detach(|| messages.iter().map(|m| merkle::sha256(m)).collect());
+    let digests: Vec<Hash> = py.detach(|| merkle::sha256_many(&messages));
     digests.iter().map(|d| PyBytes::new(py, d)).collect()
 }
 
