@@ -35,3 +35,82 @@ INFERENCE_MAX_CONFIG_BYTES = 64 * 1024
 """Bytes of one models/<name>/config.toml."""
 INFERENCE_MAX_STAGED_VERSIONS = 2
 """Versions an executor holds warm beside the current one, waiting for a switch."""
+
+# --- network (dropbear.net) ---------------------------------------------------------------
+NET_MAX_FRAME_BYTES = 4 << 20
+"""Bytes of one frame's payload; a larger length prefix closes the connection."""
+NET_PEER_SEND_QUEUE = 1024
+"""Frames waiting to be sent to one peer; past it new frames are dropped and counted."""
+NET_MAX_CONNECTIONS = 256
+"""Inbound connections (nodes and clients) one listener serves at once."""
+NET_HANDSHAKE_TIMEOUT_S = 5.0
+"""Seconds a connecting peer has to prove its key."""
+NET_FRAME_TIMEOUT_S = 10.0
+"""Seconds to receive the rest of a frame once its length arrived, or to send one frame."""
+NET_IDLE_TIMEOUT_S = 30.0
+"""Seconds a connection may stay silent (heartbeats count) before it is closed."""
+NET_HEARTBEAT_INTERVAL_S = 5.0
+"""Seconds between heartbeats on an idle connection."""
+NET_CONNECT_TIMEOUT_S = 3.0
+"""Seconds one connection attempt may take."""
+NET_RECONNECT_BACKOFF_MIN_S = 0.05
+NET_RECONNECT_BACKOFF_MAX_S = 2.0
+"""Reconnect delays double from the minimum up to the maximum (with jitter)."""
+
+# --- consensus ---------------------------------------------------------------------------
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+"""Largest wire message decoded at all (a VIEW-CHANGE carrying a window of batches)."""
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""Largest model input of one REQUEST."""
+MAX_INPUT_RANK = 8
+"""Most dimensions of a model input's shape."""
+MAX_NAME_BYTES = 64
+"""Longest dtype, model name or other short text field."""
+MAX_ADDRESS_BYTES = 255
+"""Longest node address (host:port)."""
+MAX_NODES = 64
+"""Most nodes in one model group."""
+MAX_VOTES_PER_MESSAGE = 1024
+"""Most (request digest, label, score) votes in one VOTES message (one inference batch)."""
+MAX_BATCH_ENTRIES = 256
+"""Most requests ordered in one PRE-PREPARE."""
+MAX_BATCH_VOTE_MESSAGES = 4 * MAX_NODES
+"""Most VOTES messages a PRE-PREPARE may carry."""
+MAX_BATCH_UPDATES = MAX_NODES
+"""Most MODEL-UPDATEs in one PRE-PREPARE."""
+MAX_LABEL = 2**31 - 1
+"""Largest class label a vote may carry."""
+MAX_INFLIGHT_PER_CLIENT = 64
+"""Requests of one client accepted but not yet ordered."""
+MAX_CLIENTS = 10_000
+"""Clients with requests in flight or a remembered last request id in the replay table."""
+MAX_PENDING_REQUESTS = 8192
+"""Requests accepted and not yet ordered, over all clients."""
+MAX_PENDING_VOTE_MESSAGES = 4096
+"""VOTES messages kept for requests not yet ordered."""
+MAX_REPLY_CACHE = 4096
+"""Certificates kept to answer a client's retransmission."""
+MAX_VERIFIED_CACHE = 16384
+"""Digests of messages whose signatures were already checked (skip re-verification)."""
+SEQ_WINDOW = 64
+"""Sequence numbers accepted above the last stable checkpoint (PBFT's high watermark)."""
+CHECKPOINT_INTERVAL = 16
+"""K: a CHECKPOINT every K sequence numbers; the log below a stable one is discarded."""
+PIPELINE_DEPTH = 4
+"""Batches the primary keeps in flight beyond the last executed one."""
+VOTE_WAIT = 0.05
+"""Seconds the primary waits, past 2f+1 votes, for the remaining nodes' votes."""
+REQUEST_TIMEOUT = 1.0
+"""Seconds a backup waits for an orderable request to commit before it suspects the primary."""
+VIEW_CHANGE_TIMEOUT = 1.0
+"""Seconds a view change may take before the next view is tried (doubled each time)."""
+MAX_VIEW_CHANGE_TIMEOUT = 30.0
+"""Cap on the doubled view-change timeout."""
+CATCHUP_INTERVAL = 0.5
+"""Seconds between catch-up requests while a replica knows it is behind."""
+MAX_CATCHUP_BATCHES = 16
+"""Committed batches in one catch-up response."""
+MAX_FUTURE_MESSAGES = 1024
+"""Protocol messages buffered for a sequence number not yet reachable."""
+MAX_EVIDENCE_ITEMS = 1024
+"""Evidence items a replica holds until the node exports them."""

@@ -1,0 +1,396 @@
+"""trio TCP transport: length-prefixed frames, authenticated peers, bounded queues.
+
+Every connection starts with a handshake in which each side proves the key it claims
+(a signature over the other side's fresh nonce); after it, frames are opaque bytes (wire
+messages, each signed on its own). A frame is a 4-byte big-endian length and the payload;
+an empty payload is a heartbeat. Every wait has a deadline (limits.NET_*), every queue a
+bound, and an outbound link reconnects with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import trio
+
+from dropbear import _core
+from dropbear.limits import (
+    NET_CONNECT_TIMEOUT_S,
+    NET_FRAME_TIMEOUT_S,
+    NET_HANDSHAKE_TIMEOUT_S,
+    NET_HEARTBEAT_INTERVAL_S,
+    NET_IDLE_TIMEOUT_S,
+    NET_MAX_CONNECTIONS,
+    NET_MAX_FRAME_BYTES,
+    NET_PEER_SEND_QUEUE,
+    NET_RECONNECT_BACKOFF_MAX_S,
+    NET_RECONNECT_BACKOFF_MIN_S,
+)
+
+HELLO_MAGIC = b"DBHELLO1"
+HANDSHAKE_CONTEXT = b"dropbear/handshake/v1"
+_HEADER = struct.Struct(">I")
+_HELLO = struct.Struct(">8s32sBI32s32s")
+NO_NODE = 0xFFFFFFFF
+
+
+class NetError(Exception):
+    """A connection broke a transport rule; the message names the rule and the value."""
+
+
+class FrameTooLarge(NetError):
+    pass
+
+
+class HandshakeFailed(NetError):
+    pass
+
+
+class Role(IntEnum):
+    NODE = 0
+    CLIENT = 1
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """Who is at the other end of a connection, as proven in the handshake."""
+
+    role: Role
+    public_key: bytes
+    node_id: int | None = None
+
+    def __str__(self) -> str:
+        if self.role is Role.NODE:
+            return f"node {self.node_id}"
+        return f"client {self.public_key.hex()[:12]}"
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    """This side of a connection: its signing key, role and (for a node) its id."""
+
+    key: _core.SigningKey
+    role: Role
+    node_id: int | None = None
+
+
+Authorize = Callable[[PeerIdentity], bool]
+"""Decides whether a peer that claims an identity may connect (before its proof is checked)."""
+
+FrameHandler = Callable[[PeerIdentity, bytes], Awaitable[None]]
+
+
+class FramedStream:
+    """Length-prefixed frames over a trio stream, with size limits and deadlines."""
+
+    def __init__(self, stream: trio.abc.Stream, max_frame: int = NET_MAX_FRAME_BYTES) -> None:
+        self.stream = stream
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    async def send(self, payload: bytes) -> None:
+        if len(payload) > self.max_frame:
+            raise FrameTooLarge(
+                f"frame of {len(payload)} bytes exceeds NET_MAX_FRAME_BYTES={self.max_frame}"
+            )
+        with trio.fail_after(NET_FRAME_TIMEOUT_S):
+            await self.stream.send_all(_HEADER.pack(len(payload)) + payload)
+
+    async def _fill(self, n: int) -> None:
+        while len(self._buffer) < n:
+            chunk = await self.stream.receive_some(max(65536, n - len(self._buffer)))
+            if not chunk:
+                raise NetError(
+                    f"connection closed by peer after {len(self._buffer)} of {n} bytes"
+                )
+            self._buffer += chunk
+
+    async def receive(self, idle_timeout: float = NET_IDLE_TIMEOUT_S) -> bytes:
+        """The next frame's payload (b"" for a heartbeat)."""
+        with trio.fail_after(idle_timeout):
+            await self._fill(_HEADER.size)
+        (length,) = _HEADER.unpack_from(self._buffer)
+        if length > self.max_frame:
+            raise FrameTooLarge(
+                f"peer announced a frame of {length} bytes; "
+                f"NET_MAX_FRAME_BYTES is {self.max_frame}"
+            )
+        with trio.fail_after(NET_FRAME_TIMEOUT_S):
+            await self._fill(_HEADER.size + length)
+        payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
+        del self._buffer[: _HEADER.size + length]
+        return payload
+
+
+def _hello(group_id: bytes, me: LocalIdentity, nonce: bytes) -> bytes:
+    node_id = NO_NODE if me.node_id is None else me.node_id
+    return _HELLO.pack(HELLO_MAGIC, group_id, int(me.role), node_id, me.key.public_key, nonce)
+
+
+def _proof_message(group_id: bytes, peer_nonce: bytes, hello: bytes) -> bytes:
+    return HANDSHAKE_CONTEXT + group_id + peer_nonce + _core.sha256(hello)
+
+
+async def handshake(
+    framed: FramedStream, group_id: bytes, me: LocalIdentity, authorize: Authorize
+) -> PeerIdentity:
+    """Both sides send HELLO, then a signature over the other's nonce; returns the peer."""
+    nonce = os.urandom(32)
+    my_hello = _hello(group_id, me, nonce)
+    with trio.fail_after(NET_HANDSHAKE_TIMEOUT_S):
+        await framed.send(my_hello)
+        their_hello = await framed.receive()
+        if len(their_hello) != _HELLO.size:
+            raise HandshakeFailed(f"HELLO must be {_HELLO.size} bytes, got {len(their_hello)}")
+        magic, their_group, role, node_id, public_key, their_nonce = _HELLO.unpack(their_hello)
+        if magic != HELLO_MAGIC:
+            raise HandshakeFailed(f"bad HELLO magic {magic!r}; expected {HELLO_MAGIC!r}")
+        if their_group != group_id:
+            raise HandshakeFailed(
+                f"peer is in group {their_group.hex()[:16]}, not {group_id.hex()[:16]}"
+            )
+        if role not in (Role.NODE, Role.CLIENT):
+            raise HandshakeFailed(f"unknown role {role} in HELLO")
+        peer = PeerIdentity(
+            Role(role), public_key, None if role == Role.CLIENT else node_id
+        )
+        if not authorize(peer):
+            raise HandshakeFailed(f"{peer} with key {public_key.hex()[:16]} is not authorized")
+        await framed.send(me.key.sign(_proof_message(group_id, their_nonce, my_hello)))
+        proof = await framed.receive()
+    try:
+        ok = _core.verify(public_key, _proof_message(group_id, nonce, their_hello), proof)
+    except ValueError as e:
+        raise HandshakeFailed(f"{peer}: {e}") from e
+    if not ok:
+        raise HandshakeFailed(f"{peer} failed to prove its key: bad handshake signature")
+    return peer
+
+
+@dataclass
+class Outbox:
+    """A bounded queue of frames for one peer; when full, new frames are dropped (counted)."""
+
+    capacity: int = NET_PEER_SEND_QUEUE
+    dropped: int = 0
+    _send: trio.MemorySendChannel = field(init=False)
+    _receive: trio.MemoryReceiveChannel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel(self.capacity)
+
+    def put(self, payload: bytes) -> bool:
+        try:
+            self._send.send_nowait(payload)
+            return True
+        except trio.WouldBlock:
+            self.dropped += 1
+            return False
+
+    def depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+
+async def _pump(framed: FramedStream, outbox: Outbox, delay_s: float = 0.0) -> None:
+    """Sends queued frames, and a heartbeat whenever the queue stays empty for a while."""
+    while True:
+        payload = b""
+        with trio.move_on_after(NET_HEARTBEAT_INTERVAL_S):
+            payload = await outbox._receive.receive()
+        if delay_s and payload:
+            await trio.sleep(delay_s)
+        await framed.send(payload)
+
+
+async def _read(framed: FramedStream, peer: PeerIdentity, on_frame: FrameHandler) -> None:
+    while True:
+        payload = await framed.receive()
+        if payload:
+            await on_frame(peer, payload)
+
+
+CONNECTION_ERRORS = (
+    NetError,
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+"""What ends one connection (and only it): broken rules, timeouts, closed sockets."""
+
+
+async def run_connection(
+    framed: FramedStream,
+    peer: PeerIdentity,
+    outbox: Outbox,
+    on_frame: FrameHandler,
+    delay_s: float = 0.0,
+) -> None:
+    """Reads and writes one authenticated connection until either side fails; re-raises
+    the first connection error (not wrapped in an exception group)."""
+    errors: list[Exception] = []
+
+    async def until_error(run, *args) -> None:
+        try:
+            await run(*args)
+        except CONNECTION_ERRORS as e:
+            errors.append(e)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(until_error, _pump, framed, outbox, delay_s)
+        nursery.start_soon(until_error, _read, framed, peer, on_frame)
+    if errors:
+        raise errors[0]
+
+
+class PeerLink:
+    """An outbound link to one address: reconnects with backoff, keeps a bounded outbox.
+
+    ``delay_s`` holds every frame that long before sending (the benchmarks' "sites").
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        group_id: bytes,
+        me: LocalIdentity,
+        authorize: Authorize,
+        on_frame: FrameHandler,
+        delay_s: float = 0.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.group_id = group_id
+        self.me = me
+        self.authorize = authorize
+        self.on_frame = on_frame
+        self.delay_s = delay_s
+        self.outbox = Outbox()
+        self.connected = False
+        self.peer: PeerIdentity | None = None
+        self.failures = 0
+        self._log = log or (lambda _msg: None)
+
+    def send(self, payload: bytes) -> bool:
+        """Queues a frame; False when the outbox is full and the frame was dropped."""
+        return self.outbox.put(payload)
+
+    async def run(self) -> None:
+        backoff = NET_RECONNECT_BACKOFF_MIN_S
+        while True:
+            try:
+                with trio.fail_after(NET_CONNECT_TIMEOUT_S):
+                    stream = await trio.open_tcp_stream(*self.address)
+            except (OSError, trio.TooSlowError):
+                self.failures += 1
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(NET_RECONNECT_BACKOFF_MAX_S, backoff * 2)
+                continue
+            async with stream:
+                try:
+                    framed = FramedStream(stream)
+                    self.peer = await handshake(framed, self.group_id, self.me, self.authorize)
+                    self.connected = True
+                    backoff = NET_RECONNECT_BACKOFF_MIN_S
+                    await run_connection(framed, self.peer, self.outbox, self.on_frame,
+                                         self.delay_s)
+                except CONNECTION_ERRORS as e:
+                    self._log(f"link to {self.address[0]}:{self.address[1]}: {e}")
+                finally:
+                    self.connected = False
+            self.failures += 1
+            await trio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(NET_RECONNECT_BACKOFF_MAX_S, backoff * 2)
+
+
+@dataclass
+class InboundConnection:
+    """An accepted, authenticated connection; replies go out through its outbox."""
+
+    peer: PeerIdentity
+    outbox: Outbox = field(default_factory=Outbox)
+
+    def send(self, payload: bytes) -> bool:
+        return self.outbox.put(payload)
+
+
+class Listener:
+    """Accepts authenticated connections from nodes and clients (bounded in number)."""
+
+    def __init__(
+        self,
+        group_id: bytes,
+        me: LocalIdentity,
+        authorize: Authorize,
+        on_frame: FrameHandler,
+        max_connections: int = NET_MAX_CONNECTIONS,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.group_id = group_id
+        self.me = me
+        self.authorize = authorize
+        self.on_frame = on_frame
+        self.max_connections = max_connections
+        self.connections: dict[PeerIdentity, InboundConnection] = {}
+        self.refused = 0
+        self._open = 0
+        self._log = log or (lambda _msg: None)
+
+    def send_to(self, peer_key: bytes, payload: bytes) -> bool:
+        """Queues a frame for the connected peer with this public key (e.g. a client)."""
+        for peer, conn in self.connections.items():
+            if peer.public_key == peer_key:
+                return conn.send(payload)
+        return False
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if self._open >= self.max_connections:
+                self.refused += 1
+                self._log(f"refused a connection: NET_MAX_CONNECTIONS={self.max_connections}")
+                return
+            self._open += 1
+            peer, conn = None, None
+            try:
+                framed = FramedStream(stream)
+                peer = await handshake(framed, self.group_id, self.me, self.authorize)
+                conn = InboundConnection(peer)
+                self.connections[peer] = conn
+                await run_connection(framed, peer, conn.outbox, self.on_frame)
+            except CONNECTION_ERRORS as e:
+                self._log(f"connection from {peer or 'unauthenticated peer'}: {e}")
+            finally:
+                self._open -= 1
+                if peer is not None and conn is not None and self.connections.get(peer) is conn:
+                    del self.connections[peer]
+
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "Authorize",
+    "FrameHandler",
+    "FrameTooLarge",
+    "FramedStream",
+    "HandshakeFailed",
+    "InboundConnection",
+    "Listener",
+    "LocalIdentity",
+    "NetError",
+    "Outbox",
+    "PeerIdentity",
+    "PeerLink",
+    "Role",
+    "handshake",
+    "run_connection",
+]

@@ -1,0 +1,174 @@
+"""dropbear.net over real loopback TCP: handshake, frames, limits, reconnects."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+from dropbear import _core
+from dropbear.net import (
+    FramedStream,
+    HandshakeFailed,
+    Listener,
+    LocalIdentity,
+    NetError,
+    PeerIdentity,
+    PeerLink,
+    Role,
+    handshake,
+)
+
+GROUP = b"\x11" * 32
+NODE_KEYS = [_core.SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(2)]
+
+
+def authorize_nodes(peer: PeerIdentity) -> bool:
+    if peer.role is Role.CLIENT:
+        return True
+    return peer.node_id is not None and peer.node_id < len(NODE_KEYS) and (
+        NODE_KEYS[peer.node_id].public_key == peer.public_key
+    )
+
+
+async def start_listener(nursery, received: list) -> tuple[Listener, int]:
+    async def on_frame(peer, payload):
+        received.append((peer, payload))
+
+    listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                        on_frame)
+    port = await nursery.start(listener.serve, "127.0.0.1", 0)
+    return listener, port
+
+
+async def test_authenticated_link_delivers_frames_in_order() -> None:
+    received: list = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, received)
+        link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes, on_frame=lambda *_: trio.sleep(0))
+        for i in range(50):
+            assert link.send(f"frame {i}".encode())
+        nursery.start_soon(link.run)
+        with trio.fail_after(5):
+            while len(received) < 50:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [p for _, p in received] == [f"frame {i}".encode() for i in range(50)]
+    assert {str(peer) for peer, _ in received} == {"node 1"}
+
+
+async def test_impostor_node_is_refused() -> None:
+    received: list = []
+    log: list[str] = []
+    impostor = _core.SigningKey.generate()
+
+    async def on_frame(peer, payload):
+        received.append(payload)
+
+    async with trio.open_nursery() as nursery:
+        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                            on_frame, log=log.append)
+        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        framed = FramedStream(stream)
+        with pytest.raises(NetError, match="connection closed by peer"):
+            await handshake(framed, GROUP, LocalIdentity(impostor, Role.NODE, 1),
+                            lambda _peer: True)
+        nursery.cancel_scope.cancel()
+    assert received == []
+    assert any("node 1 with key" in line and "is not authorized" in line for line in log), log
+
+
+async def test_wrong_group_is_refused() -> None:
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, [])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with pytest.raises(HandshakeFailed, match="peer is in group"):
+            await handshake(FramedStream(stream), b"\x22" * 32,
+                            LocalIdentity(NODE_KEYS[1], Role.NODE, 1), lambda _peer: True)
+        nursery.cancel_scope.cancel()
+
+
+async def raw_garbage(port: int, data: bytes) -> bytes:
+    """Sends raw bytes and returns whatever comes back before the listener hangs up."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    got = b""
+    async with stream:
+        await stream.send_all(data)
+        with trio.move_on_after(2):
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+    return got
+
+
+async def test_garbage_and_oversized_frames_close_only_that_connection() -> None:
+    received: list = []
+    async with trio.open_nursery() as nursery:
+        listener, port = await start_listener(nursery, received)
+        await raw_garbage(port, b"\xff" * 64)  # announces a 4 GiB frame
+        await raw_garbage(port, struct.pack(">I", 10) + b"short")  # a truncated HELLO
+        await raw_garbage(port, struct.pack(">I", 5) + b"hello")  # a malformed HELLO
+        # The listener keeps serving honest peers.
+        link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes, on_frame=lambda *_: trio.sleep(0))
+        link.send(b"still here")
+        nursery.start_soon(link.run)
+        with trio.fail_after(5):
+            while not received:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert received[0][1] == b"still here"
+    assert listener.connections == {}
+
+
+async def test_oversized_frame_after_handshake_is_refused() -> None:
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, [])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        framed = FramedStream(stream)
+        await handshake(framed, GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes)
+        await stream.send_all(struct.pack(">I", (4 << 20) + 1))
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) in (b"", b"\x00\x00\x00\x00")
+        nursery.cancel_scope.cancel()
+
+
+async def test_link_reconnects_after_listener_restart() -> None:
+    received: list = []
+
+    async def on_frame(peer, payload):
+        received.append(payload)
+
+    me = LocalIdentity(NODE_KEYS[0], Role.NODE, 0)
+    async with trio.open_nursery() as outer:
+        first = trio.CancelScope()
+
+        async def serve_once(task_status=trio.TASK_STATUS_IGNORED):
+            with first:
+                await Listener(GROUP, me, authorize_nodes, on_frame).serve(
+                    "127.0.0.1", 0, task_status=task_status)
+
+        port = await outer.start(serve_once)
+        link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes, on_frame=lambda *_: trio.sleep(0))
+        outer.start_soon(link.run)
+        link.send(b"one")
+        with trio.fail_after(5):
+            while received != [b"one"]:
+                await trio.sleep(0.01)
+        first.cancel()
+        await trio.sleep(0.2)
+
+        async def serve_again(task_status=trio.TASK_STATUS_IGNORED):
+            await Listener(GROUP, me, authorize_nodes, on_frame).serve(
+                "127.0.0.1", port, task_status=task_status)
+
+        await outer.start(serve_again)
+        with trio.fail_after(10):
+            while b"two" not in received:
+                link.send(b"two")
+                await trio.sleep(0.2)
+        assert link.failures >= 1
+        outer.cancel_scope.cancel()
