@@ -1,0 +1,81 @@
+"""Byzantine model agreement: a request's votes to the agreed label (DESIGN.md property 3).
+
+The agreed label is the plurality label, ties broken towards the lowest label; the entry
+also says whether that label reached the group's agreement threshold ``q``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from dropbear.wire import EntryVote, RequestEntry, RequestHeader
+
+
+def default_threshold(f: int) -> int:
+    """The default agreement threshold ``q = 2f + 1``: a majority of the honest models."""
+    return 2 * f + 1
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The agreed label, how many votes it got, the threshold and whether it was reached."""
+
+    label: int
+    votes_for_label: int
+    counts: tuple[tuple[int, int], ...]
+    threshold: int
+    reached: bool
+
+
+def agree(labels: Iterable[int], threshold: int) -> Agreement:
+    """Plurality of ``labels``, ties to the lowest label; ``reached`` iff count >= threshold."""
+    counts = Counter(labels)
+    if not counts:
+        raise ValueError("agreement needs at least one vote")
+    label, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+    return Agreement(
+        label=label,
+        votes_for_label=count,
+        counts=tuple(sorted(counts.items())),
+        threshold=threshold,
+        reached=count >= threshold,
+    )
+
+
+def make_entry(request: RequestHeader, votes: Sequence[EntryVote], threshold: int) -> RequestEntry:
+    """The entry (Merkle leaf) of ``request`` with ``votes`` (one per node, any order)."""
+    ordered = tuple(sorted(votes, key=lambda v: v.node))
+    result = agree((v.label for v in ordered), threshold)
+    return RequestEntry(
+        request=request.digest,
+        client=request.client,
+        request_id=request.request_id,
+        votes=ordered,
+        label=result.label,
+        threshold=threshold,
+        reached=result.reached,
+    )
+
+
+def check_entry(entry: RequestEntry, quorum: int, threshold: int, nodes: int) -> str | None:
+    """Why ``entry`` is not a well-formed agreement of a group, or None when it is.
+
+    Checks: votes from at least ``quorum`` distinct nodes below ``nodes``, the group's
+    threshold, and the label and reached flag recomputed from the votes.
+    """
+    voters = [v.node for v in entry.votes]
+    if len(set(voters)) != len(voters) or any(not 0 <= v < nodes for v in voters):
+        return f"entry votes name nodes {voters}, not distinct nodes below {nodes}"
+    if len(voters) < quorum:
+        return f"entry has {len(voters)} votes, needs {quorum}"
+    if entry.threshold != threshold:
+        return f"entry threshold {entry.threshold}, the group's is {threshold}"
+    result = agree((v.label for v in entry.votes), threshold)
+    if (entry.label, entry.reached) != (result.label, result.reached):
+        return (
+            f"entry says label {entry.label} reached={entry.reached}, "
+            f"votes give {result.label} reached={result.reached}"
+        )
+    return None

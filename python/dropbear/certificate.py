@@ -1,0 +1,194 @@
+"""Inference certificates: built on commit, verified offline with the manifest alone.
+
+A certificate proves that at least 2f+1 nodes of the group signed the COMMIT statement
+``(group id, view, seq, tree size, root)`` and that the entry is leaf ``leaf_index`` of
+that root (RFC 9162). The verification steps are those of docs/certificates.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from dropbear import _core
+from dropbear.agreement import check_entry
+from dropbear.manifest import Manifest
+from dropbear.wire import Certificate, Commit, EntryVote, RequestEntry, WireError
+
+__all__ = [
+    "Certificate",
+    "CertificateError",
+    "build",
+    "verify",
+    "is_valid",
+    "to_json",
+    "from_json",
+]
+
+
+class CertificateError(ValueError):
+    """A certificate that does not verify; the message names the failed step."""
+
+
+def build(
+    group_id: bytes,
+    view: int,
+    seq: int,
+    leaves: Sequence[bytes],
+    leaf_index: int,
+    entry: RequestEntry,
+    commits: Sequence[Commit],
+) -> Certificate:
+    """The certificate of ``entry``, leaf ``leaf_index`` of the committed batch ``leaves``.
+
+    ``commits`` are the matching COMMITs of distinct nodes (at least 2f+1).
+    """
+    if leaves[leaf_index] != entry.encoded:
+        raise ValueError(f"leaf {leaf_index} is not the entry's encoding")
+    root = _core.merkle_root(leaves)
+    signatures = tuple(sorted((c.node, c.signature) for c in commits))
+    return Certificate(
+        group_id=group_id,
+        view=view,
+        seq=seq,
+        tree_size=len(leaves),
+        leaf_index=leaf_index,
+        root=root,
+        entry=entry,
+        proof=tuple(_core.merkle_proof(leaves, leaf_index)),
+        signatures=signatures,
+    )
+
+
+def verify(cert: Certificate, manifest: Manifest) -> None:
+    """Raises CertificateError unless ``cert`` verifies against ``manifest`` (steps 1-5)."""
+    # 1. The group.
+    if cert.group_id != manifest.group_id:
+        raise CertificateError(
+            f"group id {cert.group_id.hex()} is not the manifest's {manifest.group_id.hex()}"
+        )
+    # 2. The entry is a well-formed agreement of this group.
+    problem = check_entry(cert.entry, manifest.quorum, manifest.threshold, manifest.n)
+    if problem:
+        raise CertificateError(problem)
+    # 3. The entry is in the committed tree.
+    if not 0 <= cert.leaf_index < cert.tree_size:
+        raise CertificateError(f"leaf index {cert.leaf_index} outside tree of {cert.tree_size}")
+    if not _core.merkle_verify(
+        cert.entry.encoded, cert.leaf_index, cert.tree_size, list(cert.proof), cert.root
+    ):
+        raise CertificateError("inclusion proof does not lead to the root")
+    # 4. 2f+1 distinct nodes of the group signed.
+    nodes = [node for node, _ in cert.signatures]
+    if len(set(nodes)) != len(nodes) or any(not 0 <= i < manifest.n for i in nodes):
+        raise CertificateError(f"signers {nodes} are not distinct nodes below {manifest.n}")
+    if len(nodes) < manifest.quorum:
+        raise CertificateError(f"{len(nodes)} signatures, need {manifest.quorum}")
+    # 5. Every signature verifies over the node's COMMIT statement.
+    items = [
+        (cert.statement(node).encoded, signature, manifest.node_key(node))
+        for node, signature in cert.signatures
+    ]
+    bad = _core.batch_verify(items)
+    if bad:
+        raise CertificateError(f"bad commit signatures of nodes {[nodes[i] for i in bad]}")
+
+
+def is_valid(cert: Certificate, manifest: Manifest) -> bool:
+    """Whether ``cert`` verifies against ``manifest``."""
+    try:
+        verify(cert, manifest)
+    except CertificateError:
+        return False
+    return True
+
+
+def to_dict(cert: Certificate) -> dict[str, Any]:
+    """The JSON form: bytes as lowercase hex, scores as JSON numbers."""
+    e = cert.entry
+    return {
+        "version": 1,
+        "group_id": cert.group_id.hex(),
+        "view": cert.view,
+        "seq": cert.seq,
+        "tree_size": cert.tree_size,
+        "leaf_index": cert.leaf_index,
+        "root": cert.root.hex(),
+        "entry": {
+            "request": e.request.hex(),
+            "client": e.client.hex(),
+            "request_id": e.request_id,
+            "votes": [
+                {
+                    "node": v.node,
+                    "model_version": v.model_version.hex(),
+                    "label": v.label,
+                    "score": v.score,
+                }
+                for v in e.votes
+            ],
+            "label": e.label,
+            "threshold": e.threshold,
+            "reached": e.reached,
+        },
+        "proof": [h.hex() for h in cert.proof],
+        "signatures": [{"node": n, "signature": s.hex()} for n, s in cert.signatures],
+    }
+
+
+def from_dict(data: dict[str, Any]) -> Certificate:
+    """Parses :func:`to_dict`'s form; WireError on anything malformed."""
+    try:
+        if data["version"] != 1:
+            raise WireError(f"unknown certificate version {data['version']}")
+        e = data["entry"]
+        entry = RequestEntry(
+            request=bytes.fromhex(e["request"]),
+            client=bytes.fromhex(e["client"]),
+            request_id=int(e["request_id"]),
+            votes=tuple(
+                EntryVote(
+                    int(v["node"]),
+                    bytes.fromhex(v["model_version"]),
+                    int(v["label"]),
+                    float(v["score"]),
+                )
+                for v in e["votes"]
+            ),
+            label=int(e["label"]),
+            threshold=int(e["threshold"]),
+            reached=bool(e["reached"]),
+        )
+        cert = Certificate(
+            group_id=bytes.fromhex(data["group_id"]),
+            view=int(data["view"]),
+            seq=int(data["seq"]),
+            tree_size=int(data["tree_size"]),
+            leaf_index=int(data["leaf_index"]),
+            root=bytes.fromhex(data["root"]),
+            entry=entry,
+            proof=tuple(bytes.fromhex(h) for h in data["proof"]),
+            signatures=tuple(
+                (int(s["node"]), bytes.fromhex(s["signature"])) for s in data["signatures"]
+            ),
+        )
+        return Certificate.decode(cert.encoded)  # enforces every field's range and size
+    except WireError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
+        raise WireError(f"malformed certificate JSON: {error!r}") from None
+
+
+def to_json(cert: Certificate) -> str:
+    return json.dumps(to_dict(cert), indent=2)
+
+
+def from_json(text: str) -> Certificate:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise WireError(f"certificate is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise WireError("certificate JSON is not an object")
+    return from_dict(data)

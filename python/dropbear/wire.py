@@ -1,0 +1,1164 @@
+"""Every Dropbear message and its one canonical byte encoding (docs/certificates.md).
+
+Each message starts with the version byte ``0x01``, a kind byte and the 32-byte group id;
+integers are big-endian, floats IEEE 754 binary64, texts UTF-8 behind a length. A signed
+message is ``body || signature`` where the 64-byte Ed25519 signature covers ``body``.
+Decoding is strict: ``encode(decode(b)) == b`` for every accepted ``b``, and any other
+input (truncated, oversized, trailing bytes, unknown version or kind, NaN scores, ...)
+raises :class:`WireError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cached_property
+from typing import Any, ClassVar, Self, TypeVar
+
+from dropbear import _core
+from dropbear.limits import (
+    MAX_BATCH_ENTRIES,
+    MAX_BATCH_UPDATES,
+    MAX_BATCH_VOTE_MESSAGES,
+    MAX_CATCHUP_BATCHES,
+    MAX_INPUT_RANK,
+    MAX_LABEL,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    MAX_NODES,
+    MAX_REQUEST_BYTES,
+    MAX_VOTES_PER_MESSAGE,
+    SEQ_WINDOW,
+)
+
+VERSION = 1
+SIGNATURE_BYTES = 64
+DIGEST_BYTES = 32
+KEY_BYTES = 32
+MAX_PROOF_HASHES = 64
+DTYPES: dict[str, int] = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+}
+"""Model input dtypes a REQUEST may name, with their item sizes in bytes."""
+
+
+class WireError(ValueError):
+    """Bytes that are not a canonical Dropbear message; the message says what and where."""
+
+
+class Kind(IntEnum):
+    """The kind byte, second byte of every encoding."""
+
+    REQUEST = 0x01
+    VOTES = 0x02
+    MODEL_UPDATE = 0x03
+    PRE_PREPARE = 0x04
+    PREPARE = 0x05
+    COMMIT = 0x06
+    CHECKPOINT = 0x07
+    VIEW_CHANGE = 0x08
+    NEW_VIEW = 0x09
+    CATCHUP_REQUEST = 0x0A
+    CATCHUP_RESPONSE = 0x0B
+    REPLY = 0x0C
+    MANIFEST = 0x20
+    REQUEST_ENTRY = 0x21
+    UPDATE_ENTRY = 0x22
+    CERTIFICATE = 0x30
+
+
+# --- byte reader and writer -----------------------------------------------------------------
+
+
+class Writer:
+    """Appends canonical fields to a byte buffer."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def _pack(self, fmt: str, value: int) -> None:
+        try:
+            self._parts.append(struct.pack(fmt, value))
+        except struct.error:
+            raise WireError(f"integer {value!r} does not fit the {fmt[1:]} field") from None
+
+    def u8(self, value: int) -> None:
+        self._pack(">B", value)
+
+    def u16(self, value: int) -> None:
+        self._pack(">H", value)
+
+    def u32(self, value: int) -> None:
+        self._pack(">I", value)
+
+    def u64(self, value: int) -> None:
+        self._pack(">Q", value)
+
+    def f64(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise WireError(f"score {value!r} is not a finite number")
+        self._parts.append(struct.pack(">d", value))
+
+    def fixed(self, data: bytes, size: int, what: str) -> None:
+        if len(data) != size:
+            raise WireError(f"{what} is {len(data)} bytes, expected {size}")
+        self._parts.append(bytes(data))
+
+    def blob(self, data: bytes) -> None:
+        self.u32(len(data))
+        self._parts.append(bytes(data))
+
+    def text(self, value: str, limit: int = MAX_NAME_BYTES) -> None:
+        data = value.encode()
+        if len(data) > limit:
+            raise WireError(f"text {value[:32]!r} is {len(data)} bytes, limit {limit}")
+        self.u16(len(data))
+        self._parts.append(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Reader:
+    """Reads canonical fields; every failure is a :class:`WireError` naming the field."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def _take(self, size: int, what: str) -> bytes:
+        end = self._pos + size
+        if end > len(self._data):
+            raise WireError(f"truncated {what}: need {size} bytes at offset {self._pos}")
+        out = bytes(self._data[self._pos : end])
+        self._pos = end
+        return out
+
+    def u8(self, what: str) -> int:
+        return self._take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return struct.unpack(">H", self._take(2, what))[0]
+
+    def u32(self, what: str) -> int:
+        return struct.unpack(">I", self._take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack(">Q", self._take(8, what))[0]
+
+    def f64(self, what: str) -> float:
+        value = struct.unpack(">d", self._take(8, what))[0]
+        if not math.isfinite(value):
+            raise WireError(f"{what} {value!r} is not a finite number")
+        return value
+
+    def fixed(self, size: int, what: str) -> bytes:
+        return self._take(size, what)
+
+    def blob(self, what: str, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+        size = self.u32(f"{what} length")
+        if size > limit:
+            raise WireError(f"{what} is {size} bytes, limit {limit}")
+        return self._take(size, what)
+
+    def text(self, what: str, limit: int = MAX_NAME_BYTES) -> str:
+        size = self.u16(f"{what} length")
+        if size > limit:
+            raise WireError(f"{what} is {size} bytes, limit {limit}")
+        try:
+            return self._take(size, what).decode()
+        except UnicodeDecodeError as error:
+            raise WireError(f"{what} is not UTF-8: {error}") from None
+
+    def count(self, what: str, limit: int, width: int = 4) -> int:
+        value = self.u32(what) if width == 4 else self.u16(what) if width == 2 else self.u8(what)
+        if value > limit:
+            raise WireError(f"{what} {value} exceeds the limit {limit}")
+        return value
+
+    @property
+    def offset(self) -> int:
+        return self._pos
+
+    def end(self, what: str) -> None:
+        if self._pos != len(self._data):
+            raise WireError(f"{len(self._data) - self._pos} trailing bytes after {what}")
+
+
+def header(w: Writer, kind: Kind, group_id: bytes) -> None:
+    """Writes the version byte, the kind byte and the group id."""
+    w.u8(VERSION)
+    w.u8(kind)
+    w.fixed(group_id, DIGEST_BYTES, "group id")
+
+
+def read_header(r: Reader, kind: Kind) -> bytes:
+    """Reads and checks the version and kind bytes; returns the group id."""
+    version = r.u8("version")
+    if version != VERSION:
+        raise WireError(f"unknown version {version}, expected {VERSION}")
+    got = r.u8("kind")
+    if got != kind:
+        raise WireError(f"kind {got:#04x}, expected {kind.name} ({kind:#04x})")
+    return r.fixed(DIGEST_BYTES, "group id")
+
+
+def _node(r: Reader, what: str = "node") -> int:
+    value = r.u16(what)
+    if value >= MAX_NODES:
+        raise WireError(f"{what} {value} exceeds the limit {MAX_NODES - 1}")
+    return value
+
+
+# --- messages --------------------------------------------------------------------------------
+
+M = TypeVar("M", bound="Message")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A signed message: ``body || signature``. Subclasses define the body's fields."""
+
+    KIND: ClassVar[Kind]
+
+    def _write_body(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @cached_property
+    def body(self) -> bytes:
+        """The signed bytes: everything before the signature."""
+        w = Writer()
+        self._write_body(w)
+        return w.getvalue()
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The canonical encoding, ``body || signature``."""
+        signature: bytes = self.signature  # type: ignore[attr-defined]
+        if len(signature) != SIGNATURE_BYTES:
+            raise WireError(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
+        return self.body + signature + self._tail()
+
+    def _tail(self) -> bytes:
+        return b""
+
+    @cached_property
+    def digest(self) -> bytes:
+        """SHA-256 of the signed body: the message's identity."""
+        return _core.sha256(self.body)
+
+    def signed(self, key: _core.SigningKey) -> Self:
+        """A copy signed with ``key``."""
+        return dataclasses.replace(self, signature=key.sign(self.body))  # type: ignore[call-arg]
+
+    def verify(self, public_key: bytes) -> bool:
+        """Whether the signature verifies under ``public_key`` (False for malformed keys)."""
+        try:
+            return _core.verify(public_key, self.body, self.signature)  # type: ignore[attr-defined]
+        except ValueError:
+            return False
+
+    def check_item(self, public_key: bytes) -> tuple[bytes, bytes, bytes]:
+        """The ``(message, signature, public key)`` triple for :func:`_core.batch_verify`."""
+        return (self.body, self.signature, public_key)  # type: ignore[attr-defined]
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Decodes exactly one message of this class; WireError otherwise."""
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise WireError(f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+        r = Reader(data)
+        message = cls._read(r)
+        r.end(cls.KIND.name)
+        return message
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        group_id = read_header(r, cls.KIND)
+        fields = cls._read_body(r, group_id)
+        fields["signature"] = r.fixed(SIGNATURE_BYTES, "signature")
+        fields.update(cls._read_tail(r))
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError) as error:
+            raise WireError(f"invalid {cls.KIND.name}: {error}") from None
+
+    @classmethod
+    def _read_tail(cls, r: Reader) -> dict[str, Any]:
+        return {}
+
+
+def _nested(r: Reader, cls: type[M], what: str) -> M:
+    return cls.decode(r.blob(what))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise WireError(message)
+
+
+@dataclass(frozen=True)
+class RequestHeader(Message):
+    """A client's signed request without the input bytes; the input is bound by its digest.
+
+    This is what the ordering protocol carries; ``digest`` is the request digest.
+    """
+
+    KIND = Kind.REQUEST
+    group_id: bytes
+    client: bytes
+    request_id: int
+    dtype: str
+    shape: tuple[int, ...]
+    input_digest: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        _check(len(self.shape) <= MAX_INPUT_RANK, f"rank {len(self.shape)} > {MAX_INPUT_RANK}")
+        _check(all(0 <= d < 2**32 for d in self.shape), f"bad shape {self.shape}")
+        _check(0 <= self.request_id < 2**64, f"request id {self.request_id} out of range")
+
+    @property
+    def input_bytes(self) -> int:
+        """The size the input must have: product of the shape times the item size."""
+        return math.prod(self.shape) * DTYPES[self.dtype]
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.REQUEST, self.group_id)
+        w.fixed(self.client, KEY_BYTES, "client key")
+        w.u64(self.request_id)
+        w.text(self.dtype)
+        w.u8(len(self.shape))
+        for dim in self.shape:
+            w.u32(dim)
+        w.fixed(self.input_digest, DIGEST_BYTES, "input digest")
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        client = r.fixed(KEY_BYTES, "client key")
+        request_id = r.u64("request id")
+        dtype = r.text("dtype")
+        rank = r.count("rank", MAX_INPUT_RANK, width=1)
+        shape = tuple(r.u32("dimension") for _ in range(rank))
+        input_digest = r.fixed(DIGEST_BYTES, "input digest")
+        return dict(
+            group_id=group_id,
+            client=client,
+            request_id=request_id,
+            dtype=dtype,
+            shape=shape,
+            input_digest=input_digest,
+        )
+
+
+@dataclass(frozen=True)
+class Request(Message):
+    """REQUEST: a client's signed model input, sent to every node.
+
+    Encoding: the :class:`RequestHeader` (signed, binds the input by its SHA-256), then the
+    input bytes behind a 4-byte length. The request digest is the header's digest.
+    """
+
+    KIND = Kind.REQUEST
+    header: RequestHeader
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.data) <= MAX_REQUEST_BYTES,
+            f"input is {len(self.data)} bytes, limit {MAX_REQUEST_BYTES}",
+        )
+        _check(
+            len(self.data) == self.header.input_bytes,
+            f"input is {len(self.data)} bytes, shape {self.header.shape} "
+            f"of {self.header.dtype} needs {self.header.input_bytes}",
+        )
+
+    @staticmethod
+    def create(
+        key: _core.SigningKey,
+        group_id: bytes,
+        request_id: int,
+        dtype: str,
+        shape: Sequence[int],
+        data: bytes,
+    ) -> Request:
+        """A request signed by the client ``key``."""
+        head = RequestHeader(
+            group_id, key.public_key, request_id, dtype, tuple(shape), _core.sha256(data)
+        )
+        return Request(head.signed(key), bytes(data))
+
+    @property
+    def signature(self) -> bytes:
+        return self.header.signature
+
+    @property
+    def body(self) -> bytes:  # type: ignore[override]
+        return self.header.body
+
+    @property
+    def digest(self) -> bytes:  # type: ignore[override]
+        return self.header.digest
+
+    @property
+    def encoded(self) -> bytes:  # type: ignore[override]
+        w = Writer()
+        w.blob(self.data)
+        return self.header.encoded + w.getvalue()
+
+    def data_matches(self) -> bool:
+        """Whether the input bytes hash to the signed input digest."""
+        return _core.sha256(self.data) == self.header.input_digest
+
+    @classmethod
+    def _read(cls, r: Reader) -> Request:
+        head = RequestHeader._read(r)
+        data = r.blob("input", MAX_REQUEST_BYTES)
+        try:
+            return cls(head, data)
+        except ValueError as error:
+            raise WireError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One node's output for one request: the label its model chose and the score."""
+
+    request: bytes
+    label: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Votes(Message):
+    """VOTES: one node's signed outputs for one inference batch, all from one model version."""
+
+    KIND = Kind.VOTES
+    group_id: bytes
+    node: int
+    model_version: bytes
+    votes: tuple[Vote, ...]
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.VOTES, self.group_id)
+        w.u16(self.node)
+        w.fixed(self.model_version, DIGEST_BYTES, "model version")
+        if len(self.votes) > MAX_VOTES_PER_MESSAGE:
+            raise WireError(f"{len(self.votes)} votes, limit {MAX_VOTES_PER_MESSAGE}")
+        w.u32(len(self.votes))
+        for vote in self.votes:
+            w.fixed(vote.request, DIGEST_BYTES, "request digest")
+            _check(0 <= vote.label <= MAX_LABEL, f"label {vote.label} out of range")
+            w.u32(vote.label)
+            w.f64(vote.score)
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        node = _node(r)
+        version = r.fixed(DIGEST_BYTES, "model version")
+        votes = []
+        for _ in range(r.count("vote count", MAX_VOTES_PER_MESSAGE)):
+            request = r.fixed(DIGEST_BYTES, "request digest")
+            label = r.u32("label")
+            _check(label <= MAX_LABEL, f"label {label} exceeds {MAX_LABEL}")
+            votes.append(Vote(request, label, r.f64("score")))
+        return dict(group_id=group_id, node=node, model_version=version, votes=tuple(votes))
+
+
+@dataclass(frozen=True)
+class ModelUpdate(Message):
+    """MODEL-UPDATE: node ``node`` switches to ``model_version``; signed by its owner key.
+
+    ``counter`` increases with every update of the node (replay protection).
+    """
+
+    KIND = Kind.MODEL_UPDATE
+    group_id: bytes
+    node: int
+    model_version: bytes
+    counter: int
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.MODEL_UPDATE, self.group_id)
+        w.u16(self.node)
+        w.fixed(self.model_version, DIGEST_BYTES, "model version")
+        w.u64(self.counter)
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        return dict(
+            group_id=group_id,
+            node=_node(r),
+            model_version=r.fixed(DIGEST_BYTES, "model version"),
+            counter=r.u64("counter"),
+        )
+
+
+@dataclass(frozen=True)
+class Statement:
+    """The fixed 88-byte statement that PRE-PREPARE, PREPARE, COMMIT and CHECKPOINT sign.
+
+    ``01 | kind | group id (32) | node u16 | view u64 | seq u64 | size u32 | digest (32)``.
+    For a CHECKPOINT, view and size are 0 and digest is the state digest; otherwise digest
+    is the batch's Merkle root and size its number of leaves. The COMMIT statement is the
+    one inference certificates carry.
+    """
+
+    kind: Kind
+    group_id: bytes
+    node: int
+    view: int
+    seq: int
+    size: int
+    digest: bytes
+
+    SIZE: ClassVar[int] = 88
+
+    @cached_property
+    def encoded(self) -> bytes:
+        w = Writer()
+        header(w, self.kind, self.group_id)
+        w.u16(self.node)
+        w.u64(self.view)
+        w.u64(self.seq)
+        w.u32(self.size)
+        w.fixed(self.digest, DIGEST_BYTES, "statement digest")
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader, kind: Kind) -> Statement:
+        group_id = read_header(r, kind)
+        return cls(
+            kind,
+            group_id,
+            _node(r),
+            r.u64("view"),
+            r.u64("seq"),
+            r.u32("size"),
+            r.fixed(DIGEST_BYTES, "statement digest"),
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Statement:
+        """Decodes a statement of any of the four statement kinds."""
+        _check(len(data) == cls.SIZE, f"statement is {len(data)} bytes, expected {cls.SIZE}")
+        r = Reader(data)
+        _check(data[0] == VERSION, f"unknown version {data[0]}")
+        try:
+            kind = Kind(data[1])
+        except ValueError:
+            raise WireError(f"unknown statement kind {data[1]:#04x}") from None
+        _check(kind in STATEMENT_KINDS, f"{kind.name} is not a statement kind")
+        return cls.read(r, kind)
+
+    @property
+    def slot(self) -> tuple[int, int]:
+        return (self.view, self.seq)
+
+
+STATEMENT_KINDS = (Kind.PRE_PREPARE, Kind.PREPARE, Kind.COMMIT, Kind.CHECKPOINT)
+
+
+@dataclass(frozen=True)
+class StatementMessage(Message):
+    """A message whose body is a :class:`Statement`."""
+
+    statement: Statement
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.statement.kind == self.KIND,
+            f"{self.statement.kind.name} statement in a {self.KIND.name}",
+        )
+
+    @property
+    def body(self) -> bytes:  # type: ignore[override]
+        return self.statement.encoded
+
+    @property
+    def node(self) -> int:
+        return self.statement.node
+
+    @property
+    def view(self) -> int:
+        return self.statement.view
+
+    @property
+    def seq(self) -> int:
+        return self.statement.seq
+
+    @property
+    def root(self) -> bytes:
+        return self.statement.digest
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        statement = Statement.read(r, cls.KIND)
+        fields: dict[str, Any] = {"statement": statement}
+        fields["signature"] = r.fixed(SIGNATURE_BYTES, "signature")
+        fields.update(cls._read_tail(r))
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError) as error:
+            raise WireError(f"invalid {cls.KIND.name}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a PRE-PREPARE orders: requests (headers), the VOTES used, and model updates.
+
+    The entries (Merkle leaves) are derived from it deterministically by the replica.
+    """
+
+    requests: tuple[RequestHeader, ...] = ()
+    votes: tuple[Votes, ...] = ()
+    updates: tuple[ModelUpdate, ...] = ()
+
+    @cached_property
+    def encoded(self) -> bytes:
+        w = Writer()
+        _check(len(self.requests) <= MAX_BATCH_ENTRIES, f"{len(self.requests)} requests")
+        _check(len(self.votes) <= MAX_BATCH_VOTE_MESSAGES, f"{len(self.votes)} VOTES")
+        _check(len(self.updates) <= MAX_BATCH_UPDATES, f"{len(self.updates)} updates")
+        for items in (self.requests, self.votes, self.updates):
+            w.u32(len(items))
+            for item in items:
+                w.blob(item.encoded)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> Batch:
+        requests = tuple(
+            _nested(r, RequestHeader, "request header")
+            for _ in range(r.count("request count", MAX_BATCH_ENTRIES))
+        )
+        votes = tuple(
+            _nested(r, Votes, "VOTES")
+            for _ in range(r.count("VOTES count", MAX_BATCH_VOTE_MESSAGES))
+        )
+        updates = tuple(
+            _nested(r, ModelUpdate, "model update")
+            for _ in range(r.count("update count", MAX_BATCH_UPDATES))
+        )
+        return cls(requests, votes, updates)
+
+    @property
+    def is_null(self) -> bool:
+        return not (self.requests or self.votes or self.updates)
+
+
+@dataclass(frozen=True)
+class PrePrepare(StatementMessage):
+    """PRE-PREPARE: the primary's signed proposal statement followed by the batch."""
+
+    KIND = Kind.PRE_PREPARE
+    batch: Batch = Batch()
+
+    def _tail(self) -> bytes:
+        return self.batch.encoded
+
+    @classmethod
+    def _read_tail(cls, r: Reader) -> dict[str, Any]:
+        return {"batch": Batch.read(r)}
+
+
+@dataclass(frozen=True)
+class Prepare(StatementMessage):
+    """PREPARE: a node's signed statement, plus the primary's proposal signature it saw.
+
+    The primary's signature lets anyone holding two PREPAREs with different roots for one
+    (view, seq) prove that the primary equivocated.
+    """
+
+    KIND = Kind.PREPARE
+    proposal_signature: bytes = bytes(SIGNATURE_BYTES)
+
+    def _tail(self) -> bytes:
+        _check(len(self.proposal_signature) == SIGNATURE_BYTES, "bad proposal signature")
+        return self.proposal_signature
+
+    @classmethod
+    def _read_tail(cls, r: Reader) -> dict[str, Any]:
+        return {"proposal_signature": r.fixed(SIGNATURE_BYTES, "proposal signature")}
+
+    def proposal(self, primary: int) -> Statement:
+        """The PRE-PREPARE statement of ``primary`` that the proposal signature covers."""
+        s = self.statement
+        return Statement(Kind.PRE_PREPARE, s.group_id, primary, s.view, s.seq, s.size, s.digest)
+
+
+@dataclass(frozen=True)
+class Commit(StatementMessage):
+    """COMMIT: a node's signed commit statement (the one certificates carry)."""
+
+    KIND = Kind.COMMIT
+
+
+@dataclass(frozen=True)
+class Checkpoint(StatementMessage):
+    """CHECKPOINT: a node's signed state digest after executing ``seq``."""
+
+    KIND = Kind.CHECKPOINT
+
+
+def _statement_list(r: Reader, cls: type[M], what: str, limit: int) -> tuple[M, ...]:
+    return tuple(_nested(r, cls, what) for _ in range(r.count(f"{what} count", limit)))
+
+
+def _write_list(w: Writer, items: Sequence[Message]) -> None:
+    w.u32(len(items))
+    for item in items:
+        w.blob(item.encoded)
+
+
+@dataclass(frozen=True)
+class PreparedProof:
+    """A batch prepared at (view, seq): the batch and 2f+1 matching PREPAREs."""
+
+    view: int
+    seq: int
+    batch: Batch
+    prepares: tuple[Prepare, ...]
+
+    def write(self, w: Writer) -> None:
+        w.u64(self.view)
+        w.u64(self.seq)
+        w.blob(self.batch.encoded)
+        _write_list(w, self.prepares)
+
+    @classmethod
+    def read(cls, r: Reader) -> PreparedProof:
+        view, seq = r.u64("view"), r.u64("seq")
+        batch_reader = Reader(r.blob("batch"))
+        batch = Batch.read(batch_reader)
+        batch_reader.end("batch")
+        return cls(view, seq, batch, _statement_list(r, Prepare, "PREPARE", MAX_NODES))
+
+
+@dataclass(frozen=True)
+class CommittedBatch:
+    """A batch committed at (view, seq): the batch and 2f+1 matching COMMITs."""
+
+    view: int
+    seq: int
+    batch: Batch
+    commits: tuple[Commit, ...]
+
+    @cached_property
+    def encoded(self) -> bytes:
+        w = Writer()
+        w.u64(self.view)
+        w.u64(self.seq)
+        w.blob(self.batch.encoded)
+        _write_list(w, self.commits)
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> CommittedBatch:
+        view, seq = r.u64("view"), r.u64("seq")
+        batch_reader = Reader(r.blob("batch"))
+        batch = Batch.read(batch_reader)
+        batch_reader.end("batch")
+        return cls(view, seq, batch, _statement_list(r, Commit, "COMMIT", MAX_NODES))
+
+    @classmethod
+    def decode(cls, data: bytes) -> CommittedBatch:
+        r = Reader(data)
+        out = cls.read(r)
+        r.end("committed batch")
+        return out
+
+
+@dataclass(frozen=True)
+class ViewChange(Message):
+    """VIEW-CHANGE: node ``node`` moves to ``new_view``; carries its stable checkpoint
+    (with 2f+1 CHECKPOINTs) and its prepared batches above it."""
+
+    KIND = Kind.VIEW_CHANGE
+    group_id: bytes
+    node: int
+    new_view: int
+    stable_seq: int
+    checkpoint_proof: tuple[Checkpoint, ...]
+    prepared: tuple[PreparedProof, ...]
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.VIEW_CHANGE, self.group_id)
+        w.u16(self.node)
+        w.u64(self.new_view)
+        w.u64(self.stable_seq)
+        _write_list(w, self.checkpoint_proof)
+        _check(len(self.prepared) <= SEQ_WINDOW, f"{len(self.prepared)} prepared proofs")
+        w.u32(len(self.prepared))
+        for proof in self.prepared:
+            proof.write(w)
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        node, new_view, stable_seq = _node(r), r.u64("new view"), r.u64("stable seq")
+        proof = _statement_list(r, Checkpoint, "CHECKPOINT", MAX_NODES)
+        prepared = tuple(
+            PreparedProof.read(r) for _ in range(r.count("prepared count", SEQ_WINDOW))
+        )
+        return dict(
+            group_id=group_id,
+            node=node,
+            new_view=new_view,
+            stable_seq=stable_seq,
+            checkpoint_proof=proof,
+            prepared=prepared,
+        )
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The new primary's signature over the PRE-PREPARE statement of a re-proposed slot."""
+
+    seq: int
+    size: int
+    root: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class NewView(Message):
+    """NEW-VIEW: the new primary's 2f+1 VIEW-CHANGEs and its signed re-proposals.
+
+    Every replica recomputes the re-proposed batches from the VIEW-CHANGEs; the proposals
+    carry the primary's PRE-PREPARE signatures for them.
+    """
+
+    KIND = Kind.NEW_VIEW
+    group_id: bytes
+    node: int
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    proposals: tuple[Proposal, ...]
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.NEW_VIEW, self.group_id)
+        w.u16(self.node)
+        w.u64(self.view)
+        _write_list(w, self.view_changes)
+        _check(len(self.proposals) <= SEQ_WINDOW, f"{len(self.proposals)} proposals")
+        w.u32(len(self.proposals))
+        for p in self.proposals:
+            w.u64(p.seq)
+            w.u32(p.size)
+            w.fixed(p.root, DIGEST_BYTES, "root")
+            w.fixed(p.signature, SIGNATURE_BYTES, "proposal signature")
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        node, view = _node(r), r.u64("view")
+        changes = _statement_list(r, ViewChange, "VIEW-CHANGE", MAX_NODES)
+        proposals = tuple(
+            Proposal(
+                r.u64("seq"),
+                r.u32("size"),
+                r.fixed(DIGEST_BYTES, "root"),
+                r.fixed(SIGNATURE_BYTES, "proposal signature"),
+            )
+            for _ in range(r.count("proposal count", SEQ_WINDOW))
+        )
+        return dict(
+            group_id=group_id, node=node, view=view, view_changes=changes, proposals=proposals
+        )
+
+
+@dataclass(frozen=True)
+class CatchupRequest(Message):
+    """CATCH-UP request: node ``node`` asks for committed batches from ``from_seq`` on."""
+
+    KIND = Kind.CATCHUP_REQUEST
+    group_id: bytes
+    node: int
+    from_seq: int
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.CATCHUP_REQUEST, self.group_id)
+        w.u16(self.node)
+        w.u64(self.from_seq)
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        return dict(group_id=group_id, node=_node(r), from_seq=r.u64("from seq"))
+
+
+@dataclass(frozen=True)
+class CatchupResponse(Message):
+    """CATCH-UP response: consecutive committed batches, each proven by 2f+1 COMMITs."""
+
+    KIND = Kind.CATCHUP_RESPONSE
+    group_id: bytes
+    node: int
+    batches: tuple[CommittedBatch, ...]
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.CATCHUP_RESPONSE, self.group_id)
+        w.u16(self.node)
+        _check(len(self.batches) <= MAX_CATCHUP_BATCHES, f"{len(self.batches)} batches")
+        w.u32(len(self.batches))
+        for batch in self.batches:
+            w.blob(batch.encoded)
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        node = _node(r)
+        batches = tuple(
+            CommittedBatch.decode(r.blob("committed batch"))
+            for _ in range(r.count("batch count", MAX_CATCHUP_BATCHES))
+        )
+        return dict(group_id=group_id, node=node, batches=batches)
+
+
+# --- entries (Merkle leaves) and certificates ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryVote:
+    """A vote as an entry records it: node, model version, label, score."""
+
+    node: int
+    model_version: bytes
+    label: int
+    score: float
+
+
+@dataclass(frozen=True)
+class RequestEntry:
+    """The leaf of one ordered request: its votes and the agreed result.
+
+    ``01 | 21 | request digest | client key | request id u64 | vote count u16 |
+    (node u16 | model version | label u32 | score f64)* | label u32 | threshold u16 |
+    reached u8``; votes sorted by strictly increasing node.
+    """
+
+    request: bytes
+    client: bytes
+    request_id: int
+    votes: tuple[EntryVote, ...]
+    label: int
+    threshold: int
+    reached: bool
+
+    @cached_property
+    def encoded(self) -> bytes:
+        w = Writer()
+        w.u8(VERSION)
+        w.u8(Kind.REQUEST_ENTRY)
+        w.fixed(self.request, DIGEST_BYTES, "request digest")
+        w.fixed(self.client, KEY_BYTES, "client key")
+        w.u64(self.request_id)
+        nodes = [v.node for v in self.votes]
+        _check(nodes == sorted(set(nodes)), f"entry votes not in increasing node order {nodes}")
+        _check(len(self.votes) <= MAX_NODES, f"{len(self.votes)} votes in an entry")
+        w.u16(len(self.votes))
+        for v in self.votes:
+            w.u16(v.node)
+            w.fixed(v.model_version, DIGEST_BYTES, "model version")
+            w.u32(v.label)
+            w.f64(v.score)
+        w.u32(self.label)
+        w.u16(self.threshold)
+        w.u8(1 if self.reached else 0)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RequestEntry:
+        r = Reader(data)
+        _check(r.u8("version") == VERSION, "unknown entry version")
+        _check(r.u8("kind") == Kind.REQUEST_ENTRY, "not a request entry")
+        request = r.fixed(DIGEST_BYTES, "request digest")
+        client = r.fixed(KEY_BYTES, "client key")
+        request_id = r.u64("request id")
+        votes = tuple(
+            EntryVote(
+                _node(r), r.fixed(DIGEST_BYTES, "model version"), r.u32("label"), r.f64("score")
+            )
+            for _ in range(r.count("vote count", MAX_NODES, width=2))
+        )
+        label, threshold, reached = r.u32("label"), r.u16("threshold"), r.u8("reached")
+        _check(reached in (0, 1), f"reached byte {reached} is not 0 or 1")
+        r.end("entry")
+        entry = cls(request, client, request_id, votes, label, threshold, reached == 1)
+        _check(entry.encoded == bytes(data), "entry is not in canonical form")
+        return entry
+
+
+@dataclass(frozen=True)
+class UpdateEntry:
+    """The leaf of one ordered model update: ``01 | 22 | MODEL-UPDATE encoding``."""
+
+    update: ModelUpdate
+
+    @cached_property
+    def encoded(self) -> bytes:
+        return bytes([VERSION, Kind.UPDATE_ENTRY]) + self.update.encoded
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """An inference certificate: the entry, its inclusion proof and 2f+1 COMMIT signatures.
+
+    ``01 | 30 | group id | view u64 | seq u64 | tree size u32 | leaf index u32 | root |
+    entry (u32 length + bytes) | proof count u8 | hashes (32 each) | signature count u16 |
+    (node u16 | signature 64)*``.
+    """
+
+    group_id: bytes
+    view: int
+    seq: int
+    tree_size: int
+    leaf_index: int
+    root: bytes
+    entry: RequestEntry
+    proof: tuple[bytes, ...]
+    signatures: tuple[tuple[int, bytes], ...]
+
+    @cached_property
+    def encoded(self) -> bytes:
+        w = Writer()
+        header(w, Kind.CERTIFICATE, self.group_id)
+        w.u64(self.view)
+        w.u64(self.seq)
+        w.u32(self.tree_size)
+        w.u32(self.leaf_index)
+        w.fixed(self.root, DIGEST_BYTES, "root")
+        w.blob(self.entry.encoded)
+        _check(len(self.proof) <= MAX_PROOF_HASHES, f"{len(self.proof)} proof hashes")
+        w.u8(len(self.proof))
+        for h in self.proof:
+            w.fixed(h, DIGEST_BYTES, "proof hash")
+        w.u16(len(self.signatures))
+        for node, signature in self.signatures:
+            w.u16(node)
+            w.fixed(signature, SIGNATURE_BYTES, "commit signature")
+        return w.getvalue()
+
+    @classmethod
+    def read(cls, r: Reader) -> Certificate:
+        group_id = read_header(r, Kind.CERTIFICATE)
+        view, seq, size, index = r.u64("view"), r.u64("seq"), r.u32("size"), r.u32("index")
+        root = r.fixed(DIGEST_BYTES, "root")
+        entry = RequestEntry.decode(r.blob("entry"))
+        proof = tuple(
+            r.fixed(DIGEST_BYTES, "proof hash")
+            for _ in range(r.count("proof count", MAX_PROOF_HASHES, width=1))
+        )
+        signatures = tuple(
+            (_node(r), r.fixed(SIGNATURE_BYTES, "commit signature"))
+            for _ in range(r.count("signature count", MAX_NODES, width=2))
+        )
+        return cls(group_id, view, seq, size, index, root, entry, proof, signatures)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Certificate:
+        _check(len(data) <= MAX_MESSAGE_BYTES, f"certificate is {len(data)} bytes")
+        r = Reader(data)
+        out = cls.read(r)
+        r.end("certificate")
+        return out
+
+    def statement(self, node: int) -> Statement:
+        """The COMMIT statement ``node`` signed for this certificate."""
+        return Statement(
+            Kind.COMMIT, self.group_id, node, self.view, self.seq, self.tree_size, self.root
+        )
+
+
+@dataclass(frozen=True)
+class Reply(Message):
+    """REPLY: a node's signed delivery of a certificate to a client."""
+
+    KIND = Kind.REPLY
+    group_id: bytes
+    node: int
+    certificate: Certificate
+    signature: bytes = b""
+
+    def _write_body(self, w: Writer) -> None:
+        header(w, Kind.REPLY, self.group_id)
+        w.u16(self.node)
+        w.blob(self.certificate.encoded)
+
+    @classmethod
+    def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
+        node = _node(r)
+        return dict(
+            group_id=group_id, node=node, certificate=Certificate.decode(r.blob("certificate"))
+        )
+
+
+# --- dispatch ----------------------------------------------------------------------------------
+
+MESSAGE_TYPES: dict[Kind, type[Message]] = {
+    Kind.REQUEST: Request,
+    Kind.VOTES: Votes,
+    Kind.MODEL_UPDATE: ModelUpdate,
+    Kind.PRE_PREPARE: PrePrepare,
+    Kind.PREPARE: Prepare,
+    Kind.COMMIT: Commit,
+    Kind.CHECKPOINT: Checkpoint,
+    Kind.VIEW_CHANGE: ViewChange,
+    Kind.NEW_VIEW: NewView,
+    Kind.CATCHUP_REQUEST: CatchupRequest,
+    Kind.CATCHUP_RESPONSE: CatchupResponse,
+    Kind.REPLY: Reply,
+}
+
+
+def decode(data: bytes) -> Message:
+    """Decodes any message from untrusted bytes; raises only :class:`WireError`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireError(f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+    if len(data) < 2:
+        raise WireError(f"message of {len(data)} bytes is too short")
+    if data[0] != VERSION:
+        raise WireError(f"unknown version {data[0]}, expected {VERSION}")
+    try:
+        cls = MESSAGE_TYPES[Kind(data[1])]
+    except (ValueError, KeyError):
+        raise WireError(f"unknown message kind {data[1]:#04x}") from None
+    try:
+        return cls.decode(data)
+    except WireError:
+        raise
+    except (ValueError, TypeError, OverflowError, struct.error, RecursionError) as error:
+        raise WireError(f"malformed {cls.KIND.name}: {error}") from None
+
+
+def encode(message: Message) -> bytes:
+    """The canonical encoding of ``message``."""
+    return message.encoded

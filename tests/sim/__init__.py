@@ -1,0 +1,1 @@
+"""Deterministic simulation of a Dropbear model group (``python -m tests.sim --seed N``)."""

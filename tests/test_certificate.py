@@ -1,0 +1,166 @@
+"""Certificates, manifests and evidence: verify with the manifest alone; alterations fail."""
+
+import dataclasses
+
+import pytest
+from dropbear import _core
+from dropbear.agreement import make_entry
+from dropbear.certificate import CertificateError, build, from_json, is_valid, to_json, verify
+from dropbear.evidence import Evidence, EvidenceBundle, EvidenceError
+from dropbear.manifest import Manifest, ManifestError
+from dropbear.wire import (
+    Certificate,
+    Commit,
+    EntryVote,
+    Kind,
+    Request,
+    Statement,
+    Vote,
+    Votes,
+    WireError,
+)
+from sim.group import make_group
+
+GROUP = make_group(4)
+M = GROUP.manifest
+
+
+def certificate(n_entries=5, index=3, signers=(0, 1, 2)):
+    entries = []
+    for i in range(n_entries):
+        request = Request.create(GROUP.node_keys[0], M.group_id, i, "uint8", (1,), bytes([i]))
+        votes = [EntryVote(node, bytes([node]) * 32, i % 3, 0.25 * node) for node in range(4)]
+        entries.append(make_entry(request.header, votes, M.threshold))
+    leaves = [e.encoded for e in entries]
+    root = _core.merkle_root(leaves)
+    commits = [
+        Commit(Statement(Kind.COMMIT, M.group_id, i, 2, 9, len(leaves), root)).signed(
+            GROUP.node_keys[i]
+        )
+        for i in signers
+    ]
+    return build(M.group_id, 2, 9, leaves, index, entries[index], commits)
+
+
+def test_good_certificate_verifies_and_round_trips():
+    cert = certificate()
+    verify(cert, M)
+    assert Certificate.decode(cert.encoded) == cert
+    assert from_json(to_json(cert)) == cert
+    for size in (1, 2, 7):
+        for index in range(size):
+            verify(certificate(size, index), M)
+
+
+def altered(cert):
+    yield "group", dataclasses.replace(cert, group_id=bytes(32))
+    yield "view", dataclasses.replace(cert, view=cert.view + 1)
+    yield "seq", dataclasses.replace(cert, seq=cert.seq + 1)
+    yield "size", dataclasses.replace(cert, tree_size=cert.tree_size + 1)
+    yield "index", dataclasses.replace(cert, leaf_index=cert.leaf_index - 1)
+    yield "root", dataclasses.replace(cert, root=bytes(32))
+    yield "proof", dataclasses.replace(cert, proof=cert.proof[:-1])
+    yield "signers", dataclasses.replace(cert, signatures=cert.signatures[:2])
+    yield "dup signer", dataclasses.replace(cert, signatures=cert.signatures[:2] * 2)
+    node, sig = cert.signatures[0]
+    yield (
+        "signature",
+        dataclasses.replace(
+            cert, signatures=((node, bytes([sig[0] ^ 1]) + sig[1:]),) + cert.signatures[1:]
+        ),
+    )
+    e = cert.entry
+    yield "label", dataclasses.replace(cert, entry=dataclasses.replace(e, label=e.label + 1))
+    yield "reached", dataclasses.replace(cert, entry=dataclasses.replace(e, reached=not e.reached))
+    yield (
+        "request id",
+        dataclasses.replace(cert, entry=dataclasses.replace(e, request_id=e.request_id + 1)),
+    )
+    v = e.votes[1]
+    yield (
+        "vote",
+        dataclasses.replace(
+            cert,
+            entry=dataclasses.replace(
+                e, votes=(e.votes[0], dataclasses.replace(v, score=0.3)) + e.votes[2:]
+            ),
+        ),
+    )
+    yield (
+        "few votes",
+        dataclasses.replace(
+            cert, entry=dataclasses.replace(e, votes=e.votes[:2], label=e.votes[0].label)
+        ),
+    )
+
+
+@pytest.mark.parametrize("what", [name for name, _ in altered(certificate())])
+def test_altered_certificate_fails(what):
+    bad = dict(altered(certificate()))[what]
+    with pytest.raises(CertificateError):
+        verify(bad, M)
+    assert not is_valid(bad, M)
+
+
+def test_other_manifest_rejects():
+    other = make_group(4, name="other").manifest
+    assert not is_valid(certificate(), other)
+
+
+def test_json_garbage_is_wire_error():
+    for text in (
+        "",
+        "[]",
+        '{"version": 1}',
+        to_json(certificate()).replace('"view": 2', '"view": -1'),
+    ):
+        with pytest.raises(WireError):
+            from_json(text)
+
+
+def test_manifest_encoding_toml_and_group_id(tmp_path):
+    assert M.n == 4 and M.f == 1 and M.quorum == 3 and M.threshold == 3
+    assert Manifest.decode(M.encoded) == M
+    assert M.group_id == _core.sha256(M.encoded)
+    M.save(tmp_path / "group.toml")
+    assert Manifest.load(tmp_path / "group.toml") == M
+    assert make_group(4, threshold=2).manifest.group_id != M.group_id
+    with pytest.raises(ManifestError, match="tolerate"):
+        Manifest("x", 1, M.nodes[:3])
+    with pytest.raises(ManifestError, match="host:port"):
+        Manifest("x", 1, (dataclasses.replace(M.nodes[0], address="nowhere"),) + M.nodes[1:])
+    with pytest.raises(ManifestError, match="group_id"):
+        Manifest.from_dict({**M.to_dict(), "group_id": "00" * 32})
+
+
+def test_statement_equivocation_is_evidence():
+    key = GROUP.node_keys[1]
+    a = Statement(Kind.PREPARE, M.group_id, 1, 3, 4, 2, b"\x01" * 32)
+    b = dataclasses.replace(a, digest=b"\x02" * 32)
+    evidence = Evidence.of_statements(a, key.sign(a.encoded), b, key.sign(b.encoded))
+    assert evidence.culprit(M) == 1
+    bundle = EvidenceBundle(M.group_id, (evidence,))
+    assert EvidenceBundle.from_json(bundle.to_json()).culprits(M) == {1}
+    same = Evidence.of_statements(a, key.sign(a.encoded), a, key.sign(a.encoded))
+    with pytest.raises(EvidenceError, match="agree"):
+        same.culprit(M)
+    other_slot = dataclasses.replace(b, seq=5)
+    with pytest.raises(EvidenceError, match="different"):
+        Evidence.of_statements(
+            a, key.sign(a.encoded), other_slot, key.sign(other_slot.encoded)
+        ).culprit(M)
+    forged = Evidence.of_statements(a, key.sign(a.encoded), b, GROUP.node_keys[2].sign(b.encoded))
+    with pytest.raises(EvidenceError, match="signature"):
+        forged.culprit(M)
+
+
+def test_votes_equivocation_is_evidence():
+    key = GROUP.node_keys[2]
+    a = Votes(M.group_id, 2, b"\x05" * 32, (Vote(b"\x09" * 32, 1, 0.5),)).signed(key)
+    b = Votes(M.group_id, 2, b"\x05" * 32, (Vote(b"\x09" * 32, 2, 0.5),)).signed(key)
+    assert Evidence.of_votes(a, b).culprit(M) == 2
+    newer = dataclasses.replace(b, model_version=b"\x06" * 32).signed(key)
+    with pytest.raises(EvidenceError):
+        Evidence.of_votes(a, newer).culprit(M)
+    with pytest.raises(EvidenceError, match="undecodable"):
+        Evidence("votes", b"junk", b"junk").culprit(M)

@@ -1,0 +1,186 @@
+"""Wire: canonical round trips; random and mutated bytes raise WireError only."""
+
+import struct
+
+import pytest
+from dropbear import wire
+from dropbear.wire import (
+    Batch,
+    CatchupRequest,
+    CatchupResponse,
+    Checkpoint,
+    Commit,
+    CommittedBatch,
+    Kind,
+    ModelUpdate,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Proposal,
+    Request,
+    Statement,
+    ViewChange,
+    Vote,
+    Votes,
+    WireError,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sim.group import make_group
+
+GROUP = make_group(4)
+GID = GROUP.group_id
+K = GROUP.node_keys
+
+
+def statement(kind, node=0, view=1, seq=2, size=3, digest=b"\x07" * 32):
+    return Statement(kind, GID, node, view, seq, size, digest)
+
+
+def samples():
+    request = Request.create(K[0], GID, 7, "float32", (2, 3), bytes(24))
+    votes = Votes(GID, 1, b"\x01" * 32, (Vote(request.digest, 3, 0.75),)).signed(K[1])
+    update = ModelUpdate(GID, 2, b"\x02" * 32, 5).signed(GROUP.owner_keys[2])
+    batch = Batch((request.header,), (votes,), (update,))
+    pre = PrePrepare(statement(Kind.PRE_PREPARE), batch=batch).signed(K[0])
+    prepare = Prepare(statement(Kind.PREPARE, node=1), proposal_signature=pre.signature)
+    prepare = prepare.signed(K[1])
+    commit = Commit(statement(Kind.COMMIT, node=2)).signed(K[2])
+    checkpoint = Checkpoint(statement(Kind.CHECKPOINT, node=3, view=0, size=0)).signed(K[3])
+    proof = PreparedProof(1, 2, batch, (prepare,))
+    change = ViewChange(GID, 1, 2, 0, (checkpoint,), (proof,)).signed(K[1])
+    new_view = NewView(GID, 2, 2, (change,), (Proposal(2, 3, b"\x07" * 32, bytes(64)),))
+    committed = CommittedBatch(1, 2, batch, (commit,))
+    return [
+        request,
+        votes,
+        update,
+        pre,
+        prepare,
+        commit,
+        checkpoint,
+        change,
+        new_view.signed(K[2]),
+        CatchupRequest(GID, 3, 17).signed(K[3]),
+        CatchupResponse(GID, 0, (committed,)).signed(K[0]),
+    ]
+
+
+SAMPLES = samples()
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip_and_signature(message):
+    data = message.encoded
+    again = wire.decode(data)
+    assert type(again) is type(message)
+    assert again.encoded == data
+    assert again.digest == message.digest
+    assert data[0] == wire.VERSION and data[1] == message.KIND
+
+
+def test_signatures_verify_with_the_right_key_only():
+    request, votes, update = SAMPLES[:3]
+    assert request.verify(K[0].public_key) and not request.verify(K[1].public_key)
+    assert votes.verify(K[1].public_key)
+    assert update.verify(GROUP.owner_keys[2].public_key) and not update.verify(K[2].public_key)
+    assert not votes.verify(b"short")
+
+
+def test_request_input_must_match_shape_and_digest():
+    request = SAMPLES[0]
+    assert request.data_matches()
+    with pytest.raises(ValueError, match="needs 24"):
+        Request(request.header, bytes(23))
+    tampered = Request(request.header, b"\x01" + bytes(23))
+    assert not tampered.data_matches()
+
+
+def test_statement_is_88_bytes_and_documented_layout():
+    s = statement(Kind.COMMIT, node=2, view=1, seq=2, size=3)
+    assert len(s.encoded) == Statement.SIZE
+    assert s.encoded[:2] == b"\x01\x06" and s.encoded[2:34] == GID
+    assert s.encoded[34:56] == struct.pack(">HQQI", 2, 1, 2, 3)
+    assert Statement.decode(s.encoded) == s
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "too short"),
+        (b"\x02\x01", "unknown version"),
+        (b"\x01\x7f", "unknown message kind"),
+        (SAMPLES[5].encoded[:-1], "truncated"),
+        (SAMPLES[5].encoded + b"\x00", "trailing"),
+        (b"\x01\x01" + bytes(wire.MAX_MESSAGE_BYTES), "limit"),
+    ],
+)
+def test_bad_bytes_name_the_problem(data, reason):
+    with pytest.raises(WireError, match=reason):
+        wire.decode(data)
+
+
+def test_nan_score_is_refused():
+    votes = SAMPLES[1]
+    data = bytearray(votes.encoded)
+    offset = len(votes.body) - 8
+    data[offset : offset + 8] = struct.pack(">d", float("nan"))
+    with pytest.raises(WireError, match="finite"):
+        wire.decode(bytes(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_bytes_never_crash(data):
+    try:
+        wire.decode(data)
+    except WireError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(SAMPLES),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 10**6),
+)
+def test_mutated_bytes_never_crash(message, flips, cut):
+    data = bytearray(message.encoded)
+    for position, value in flips:
+        data[position % len(data)] = value
+    data = data[: max(2, len(data) - cut % 8)] if cut % 3 == 0 else data
+    try:
+        decoded = wire.decode(bytes(data))
+    except WireError:
+        return
+    assert decoded.encoded == bytes(data)  # whatever decodes is canonical
+
+
+@given(
+    st.integers(0, 2**64 - 1),
+    st.sampled_from(sorted(wire.DTYPES)),
+    st.lists(st.integers(0, 4), max_size=3),
+)
+def test_request_round_trip(request_id, dtype, shape):
+    size = wire.DTYPES[dtype]
+    for dim in shape:
+        size *= dim
+    request = Request.create(K[0], GID, request_id, dtype, shape, bytes(size))
+    assert wire.decode(request.encoded) == request
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.binary(min_size=32, max_size=32),
+            st.integers(0, 2**31 - 1),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        max_size=20,
+    )
+)
+def test_votes_round_trip(items):
+    votes = Votes(GID, 3, b"\x09" * 32, tuple(Vote(*item) for item in items)).signed(K[3])
+    again = wire.decode(votes.encoded)
+    assert again == votes and again.verify(K[3].public_key)
