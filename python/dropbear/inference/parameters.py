@@ -83,7 +83,8 @@ def encode(parameters: Mapping[str, np.ndarray]) -> bytes:
             raise ValueError(f"tensor {name!r} has dtype {array.dtype}, only float32 is stored")
         if not 1 <= len(raw) <= INFERENCE_MAX_TENSOR_NAME_BYTES:
             raise ValueError(
-                f"tensor name {name!r} is {len(raw)} bytes, not 1..{INFERENCE_MAX_TENSOR_NAME_BYTES}"
+                f"tensor name {name!r} is {len(raw)} bytes, "
+                f"not 1..{INFERENCE_MAX_TENSOR_NAME_BYTES}"
             )
         if array.ndim > INFERENCE_MAX_TENSOR_RANK:
             raise ValueError(f"tensor {name!r} has rank {array.ndim} > {INFERENCE_MAX_TENSOR_RANK}")
@@ -104,7 +105,8 @@ def decode(data: bytes) -> Parameters:
     """The parameters of canonical bytes; anything else raises :class:`CorruptModel`."""
     if len(data) > INFERENCE_MAX_PARAMETER_BYTES:
         raise CorruptModel(
-            f"parameter file is {len(data)} bytes, over the limit of {INFERENCE_MAX_PARAMETER_BYTES}"
+            f"parameter file is {len(data)} bytes, "
+            f"over the limit of {INFERENCE_MAX_PARAMETER_BYTES}"
         )
     view = memoryview(data)
     pos = 0

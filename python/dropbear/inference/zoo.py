@@ -24,7 +24,12 @@ class MLP(nnx.Module):
     """Flattened pixels through ReLU hidden layers."""
 
     def __init__(
-        self, input_shape: Shape, num_classes: int, *, rngs: nnx.Rngs, hidden: Sequence[int] = (128,)
+        self,
+        input_shape: Shape,
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        hidden: Sequence[int] = (128,),
     ):
         sizes = [math.prod(input_shape), *hidden]
         self.hidden = nnx.List(
@@ -79,7 +84,9 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, cin: int, width: int, stride: int, *, rngs: nnx.Rngs):
         cout = width * self.expansion
-        self.conv1 = nnx.Conv(cin, width, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
+        self.conv1 = nnx.Conv(
+            cin, width, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs
+        )
         self.bn1 = nnx.BatchNorm(width, rngs=rngs)
         self.conv2 = nnx.Conv(width, cout, (3, 3), padding=1, use_bias=False, rngs=rngs)
         self.bn2 = nnx.BatchNorm(cout, scale_init=nnx.initializers.zeros, rngs=rngs)
@@ -100,7 +107,9 @@ class BottleneckBlock(nnx.Module):
         cout = width * self.expansion
         self.conv1 = nnx.Conv(cin, width, (1, 1), use_bias=False, rngs=rngs)
         self.bn1 = nnx.BatchNorm(width, rngs=rngs)
-        self.conv2 = nnx.Conv(width, width, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
+        self.conv2 = nnx.Conv(
+            width, width, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs
+        )
         self.bn2 = nnx.BatchNorm(width, rngs=rngs)
         self.conv3 = nnx.Conv(width, cout, (1, 1), use_bias=False, rngs=rngs)
         self.bn3 = nnx.BatchNorm(cout, scale_init=nnx.initializers.zeros, rngs=rngs)
@@ -154,7 +163,9 @@ class ResNet(nnx.Module):
         self.imagenet_stem = stem == "imagenet"
         cin = input_shape[2]
         if self.imagenet_stem:
-            self.stem = nnx.Conv(cin, width, (7, 7), strides=2, padding=3, use_bias=False, rngs=rngs)
+            self.stem = nnx.Conv(
+                cin, width, (7, 7), strides=2, padding=3, use_bias=False, rngs=rngs
+            )
         else:
             self.stem = nnx.Conv(cin, width, (3, 3), padding=1, use_bias=False, rngs=rngs)
         self.stem_bn = nnx.BatchNorm(width, rngs=rngs)
@@ -248,14 +259,16 @@ class ViT(nnx.Module):
 
 def resnet18(input_shape: Shape, num_classes: int, *, rngs: nnx.Rngs, **options: Any) -> ResNet:
     """ResNet-18 in the standard ImageNet configuration (11.7M parameters at 1000 classes)."""
-    return ResNet(input_shape, num_classes, rngs=rngs, stage_sizes=(2, 2, 2, 2), block="basic",
-                  **options)
+    return ResNet(
+        input_shape, num_classes, rngs=rngs, stage_sizes=(2, 2, 2, 2), block="basic", **options
+    )
 
 
 def resnet50(input_shape: Shape, num_classes: int, *, rngs: nnx.Rngs, **options: Any) -> ResNet:
     """ResNet-50 in the standard ImageNet configuration (25.6M parameters at 1000 classes)."""
-    return ResNet(input_shape, num_classes, rngs=rngs, stage_sizes=(3, 4, 6, 3),
-                  block="bottleneck", **options)
+    return ResNet(
+        input_shape, num_classes, rngs=rngs, stage_sizes=(3, 4, 6, 3), block="bottleneck", **options
+    )
 
 
 ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {

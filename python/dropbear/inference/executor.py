@@ -1,0 +1,448 @@
+"""The batched executor: a dynamic batcher in front of ahead-of-time compiled model buckets.
+
+Inputs are queued by :meth:`Executor.submit`; the batcher takes up to ``max_batch_size`` of
+them, waiting at most ``max_queue_delay`` after the first, pads the batch to the next bucket
+size (1, 2, 4, ..., max) and runs that bucket's executable in a worker thread, so the trio
+loop stays free. Every bucket is compiled (``jax.jit(...).lower(...).compile()``) and run
+once when a version is warmed; the serving path only calls compiled executables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jax
+import numpy as np
+import trio
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dropbear.inference.errors import (
+    BadConfig,
+    BadInput,
+    ExecutorClosed,
+    InferenceError,
+    QueueFull,
+    UnknownModel,
+)
+from dropbear.inference.parameters import ModelVersion
+from dropbear.inference.repository import LoadedModel, ModelConfig
+from dropbear.limits import (
+    INFERENCE_DEFAULT_MAX_BATCH_SIZE,
+    INFERENCE_DEFAULT_MAX_QUEUE_DELAY_S,
+    INFERENCE_MAX_BATCH_SIZE,
+    INFERENCE_MAX_INPUT_BYTES,
+    INFERENCE_MAX_QUEUE_DELAY_S,
+    INFERENCE_MAX_QUEUE_LENGTH,
+    INFERENCE_MAX_STAGED_VERSIONS,
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one input, and the version that computed it."""
+
+    label: str
+    class_index: int
+    probability: float
+    top_k: tuple[tuple[str, float], ...]
+    """``(label, probability)``, most probable first; the first is the top-1."""
+    model_version: ModelVersion
+
+
+def buckets_up_to(max_batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to and including ``max_batch_size`` (which need not be a power of 2)."""
+    out = [1]
+    while out[-1] * 2 < max_batch_size:
+        out.append(out[-1] * 2)
+    if out[-1] != max_batch_size:
+        out.append(max_batch_size)
+    return tuple(out)
+
+
+def decode_input(config: ModelConfig, dtype: str, shape: Sequence[int], data: bytes) -> np.ndarray:
+    """The model input of a request's ``(dtype, shape, bytes)``, checked against ``config``.
+
+    The byte count is checked before anything is allocated.
+    """
+    if len(data) > INFERENCE_MAX_INPUT_BYTES:
+        raise BadInput(f"input is {len(data)} bytes, over the limit of {INFERENCE_MAX_INPUT_BYTES}")
+    if dtype != config.input_dtype:
+        raise BadInput(f"input dtype {dtype!r} is not the model's {config.input_dtype!r}")
+    if tuple(shape) != config.input_shape:
+        raise BadInput(f"input shape {list(shape)} is not the model's {list(config.input_shape)}")
+    expected = math.prod(config.input_shape) * np.dtype(config.input_dtype).itemsize
+    if len(data) != expected:
+        raise BadInput(f"input is {len(data)} bytes, shape {list(shape)} needs {expected}")
+    x = np.frombuffer(data, dtype=np.dtype(config.input_dtype).newbyteorder("<"))
+    return check_input(config, x.astype(config.input_dtype).reshape(config.input_shape))
+
+
+def check_input(config: ModelConfig, x: Any) -> np.ndarray:
+    """``x`` itself if it is one valid input for ``config``; else :class:`BadInput`."""
+    if not isinstance(x, np.ndarray):
+        raise BadInput(f"input is a {type(x).__name__}, not a numpy array")
+    if x.shape != config.input_shape:
+        raise BadInput(f"input shape {list(x.shape)} is not the model's {list(config.input_shape)}")
+    if x.dtype != np.dtype(config.input_dtype):
+        raise BadInput(f"input dtype {x.dtype} is not the model's {config.input_dtype}")
+    bad = x.size - int(np.isfinite(x).sum())
+    if bad:
+        raise BadInput(f"input holds {bad} NaN or inf values")
+    return x
+
+
+def check_batch(config: ModelConfig, batch: Any, max_batch_size: int) -> np.ndarray:
+    """``batch`` itself if it stacks 1..``max_batch_size`` valid inputs; else :class:`BadInput`."""
+    if not isinstance(batch, np.ndarray):
+        raise BadInput(f"batch is a {type(batch).__name__}, not a numpy array")
+    if batch.ndim != 1 + len(config.input_shape):
+        raise BadInput(
+            f"batch shape {list(batch.shape)} is not [n, {', '.join(map(str, config.input_shape))}]"
+        )
+    n = batch.shape[0]
+    if n == 0:
+        raise BadInput("batch is empty (0 inputs)")
+    if n > max_batch_size:
+        raise BadInput(f"batch of {n} inputs exceeds the max batch size {max_batch_size}")
+    if batch.shape[1:] != config.input_shape:
+        raise BadInput(
+            f"batch input shape {list(batch.shape[1:])} is not the model's "
+            f"{list(config.input_shape)}"
+        )
+    if batch.dtype != np.dtype(config.input_dtype):
+        raise BadInput(f"batch dtype {batch.dtype} is not the model's {config.input_dtype}")
+    finite = np.isfinite(batch).reshape(n, -1).all(axis=1)
+    if not finite.all():
+        raise BadInput(f"batch inputs {np.flatnonzero(~finite)[:10].tolist()} hold NaN or inf")
+    return batch
+
+
+class Servable:
+    """One warmed model version: parameters on the devices and one executable per bucket."""
+
+    def __init__(
+        self, model: LoadedModel, executables: dict[int, Any], placement: _Placement, state: Any
+    ):
+        self.model = model
+        self.version = model.version
+        self.config = model.config
+        self._executables = executables
+        self._placement = placement
+        self._state = state
+        self._labels = model.config.labels
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return tuple(sorted(self._executables))
+
+    def run(self, batch: np.ndarray) -> list[Prediction]:
+        """Runs a checked batch (blocking): pads it to its bucket, calls that executable."""
+        n = batch.shape[0]
+        bucket = next(b for b in self.buckets if b >= n)
+        if n != bucket:
+            padded = np.zeros((bucket, *batch.shape[1:]), dtype=batch.dtype)
+            padded[:n] = batch
+        else:
+            padded = batch
+        x = jax.device_put(padded, self._placement.input_sharding(bucket))
+        top_p, top_i = self._executables[bucket](self._state, x)
+        top_p, top_i = np.asarray(top_p)[:n], np.asarray(top_i)[:n]
+        labels, version = self._labels, self.version
+        return [
+            Prediction(
+                label=labels[int(idx[0])],
+                class_index=int(idx[0]),
+                probability=float(p[0]),
+                top_k=tuple((labels[int(i)], float(q)) for i, q in zip(idx, p, strict=True)),
+                model_version=version,
+            )
+            for p, idx in zip(top_p, top_i, strict=True)
+        ]
+
+
+class _Placement:
+    """Where parameters and batches live: one device, or a 1-D ``batch`` mesh over several."""
+
+    def __init__(self, devices: Sequence[jax.Device]):
+        self.devices = tuple(devices)
+        self.mesh = Mesh(np.array(self.devices), ("batch",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._split = NamedSharding(self.mesh, PartitionSpec("batch"))
+
+    def input_sharding(self, bucket: int) -> NamedSharding:
+        """Split along the batch when it divides evenly over the devices, else replicated."""
+        return self._split if bucket % len(self.devices) == 0 else self.replicated
+
+
+def _compile_buckets(
+    model: LoadedModel, graphdef: Any, state: Any, placement: _Placement, buckets: Sequence[int]
+) -> dict[int, Any]:
+    config = model.config
+    k = config.top_k
+
+    def forward(state, x):
+        logits = nnx.merge(graphdef, state)(config.preprocess(x))
+        probabilities = jax.nn.softmax(logits.astype(np.float32), axis=-1)
+        return jax.lax.top_k(probabilities, k)  # ties: the lower class index first
+
+    executables = {}
+    for bucket in buckets:
+        sharding = placement.input_sharding(bucket)
+        spec = jax.ShapeDtypeStruct(
+            (bucket, *config.input_shape), np.dtype(config.input_dtype), sharding=sharding
+        )
+        jitted = jax.jit(forward, in_shardings=(placement.replicated, sharding))
+        executables[bucket] = jitted.lower(state, spec).compile()
+    return executables
+
+
+def _same_signature(a: ModelConfig, b: ModelConfig) -> bool:
+    """Same architecture, shapes and preprocessing: compiled executables can be shared."""
+    return replace(a, current_version=None, description="") == replace(
+        b, current_version=None, description=""
+    )
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    queued_at: float
+    done: trio.Event
+    result: Prediction | None = None
+    error: InferenceError | None = None
+
+
+@dataclass
+class ExecutorStats:
+    batches: int = 0
+    inputs: int = 0
+    padded: int = 0
+    """Padding rows run (bucket size minus batch size, summed)."""
+    failed_batches: int = 0
+
+
+class Executor:
+    """Serves one model: AOT-compiled buckets, a trio dynamic batcher, hot version switches.
+
+    Construction compiles and runs every bucket of ``model`` (blocking; in a trio program
+    create it with ``await trio.to_thread.run_sync(...)``). Then ``await executor.start(nursery)``
+    and ``await executor.submit(x)``.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch_size: int = INFERENCE_DEFAULT_MAX_BATCH_SIZE,
+        max_queue_delay: float = INFERENCE_DEFAULT_MAX_QUEUE_DELAY_S,
+        max_queue_length: int = INFERENCE_MAX_QUEUE_LENGTH,
+        devices: Sequence[jax.Device] | None = None,
+    ):
+        if not 1 <= max_batch_size <= INFERENCE_MAX_BATCH_SIZE:
+            raise BadConfig(
+                f"max_batch_size {max_batch_size} is not in 1..{INFERENCE_MAX_BATCH_SIZE}"
+            )
+        if not 0 <= max_queue_delay <= INFERENCE_MAX_QUEUE_DELAY_S:
+            raise BadConfig(
+                f"max_queue_delay {max_queue_delay}s is not in 0..{INFERENCE_MAX_QUEUE_DELAY_S}s"
+            )
+        if not 1 <= max_queue_length <= INFERENCE_MAX_QUEUE_LENGTH:
+            raise BadConfig(
+                f"max_queue_length {max_queue_length} is not in 1..{INFERENCE_MAX_QUEUE_LENGTH}"
+            )
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self.max_queue_length = max_queue_length
+        self.buckets = buckets_up_to(max_batch_size)
+        self.stats = ExecutorStats()
+        self._placement = _Placement(devices if devices is not None else jax.local_devices())
+        self._current = self.warm(model)
+        self._staged: dict[ModelVersion, Servable] = {}
+        self._send: trio.MemorySendChannel[_Pending] | None = None
+
+    # --- versions ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> ModelVersion:
+        """The model version new batches run on."""
+        return self._current.version
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._current.config
+
+    @property
+    def devices(self) -> tuple[jax.Device, ...]:
+        return self._placement.devices
+
+    @property
+    def staged_versions(self) -> tuple[ModelVersion, ...]:
+        return tuple(self._staged)
+
+    def warm(self, model: LoadedModel) -> Servable:
+        """Places ``model`` on the devices, compiles every bucket and runs each once (blocking).
+
+        A version with the same configuration as the current one reuses its executables.
+        """
+        input_bytes = (
+            math.prod(model.config.input_shape) * np.dtype(model.config.input_dtype).itemsize
+        )
+        if input_bytes > INFERENCE_MAX_INPUT_BYTES:
+            raise BadConfig(
+                f"model input is {input_bytes} bytes, over the limit of {INFERENCE_MAX_INPUT_BYTES}"
+            )
+        graphdef, state = nnx.split(model.module)
+        state = jax.device_put(state, self._placement.replicated)
+        current = getattr(self, "_current", None)
+        if current is not None and _same_signature(current.config, model.config):
+            executables = current._executables
+        else:
+            executables = _compile_buckets(model, graphdef, state, self._placement, self.buckets)
+        servable = Servable(model, executables, self._placement, state)
+        for bucket in self.buckets:
+            servable.run(np.zeros((bucket, *model.config.input_shape), model.config.input_dtype))
+        return servable
+
+    async def stage(self, model: LoadedModel) -> ModelVersion:
+        """Loads and warms ``model`` beside the current version (in a worker thread).
+
+        Its inputs and labels must be the current model's, since queued inputs were checked
+        against them. At most INFERENCE_MAX_STAGED_VERSIONS versions wait staged.
+        """
+        current = self._current.config
+        if (model.config.input_shape, model.config.input_dtype, model.config.labels) != (
+            current.input_shape,
+            current.input_dtype,
+            current.labels,
+        ):
+            raise BadConfig(
+                f"model {model.config.name!r} takes {list(model.config.input_shape)} "
+                f"{model.config.input_dtype} with {len(model.config.labels)} labels; the served "
+                f"model takes {list(current.input_shape)} {current.input_dtype} with "
+                f"{len(current.labels)}"
+            )
+        if model.version in self._staged or model.version == self.version:
+            return model.version
+        if len(self._staged) >= INFERENCE_MAX_STAGED_VERSIONS:
+            raise InferenceError(
+                f"{len(self._staged)} versions are staged already, the limit is "
+                f"{INFERENCE_MAX_STAGED_VERSIONS}; switch to or drop one first"
+            )
+        servable = await trio.to_thread.run_sync(self.warm, model)
+        if len(self._staged) >= INFERENCE_MAX_STAGED_VERSIONS:
+            raise InferenceError(f"staged versions reached {INFERENCE_MAX_STAGED_VERSIONS}")
+        self._staged[model.version] = servable
+        return model.version
+
+    def switch(self, version: str) -> ModelVersion:
+        """Makes a staged version current, atomically; returns the version it replaces.
+
+        Batches already running finish on (and report) the version they started with.
+        """
+        wanted = ModelVersion(version)
+        if wanted == self.version:
+            return wanted
+        if wanted not in self._staged:
+            raise UnknownModel(
+                f"version {wanted} is not staged (staged: {list(self._staged)}); stage it first"
+            )
+        previous = self._current.version
+        self._current = self._staged.pop(wanted)
+        return previous
+
+    def drop(self, version: str) -> None:
+        """Forgets a staged version that will not be switched to."""
+        if self._staged.pop(ModelVersion(version), None) is None:
+            raise UnknownModel(f"version {version} is not staged")
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        """Runs 1..max_batch_size inputs at once on the current version (blocking, no queue)."""
+        servable = self._current
+        return servable.run(check_batch(servable.config, batch, self.max_batch_size))
+
+    async def submit(self, x: np.ndarray) -> Prediction:
+        """Queues one input and returns its prediction once its batch has run.
+
+        Raises BadInput at once for a bad input, QueueFull when max_queue_length inputs wait,
+        ExecutorClosed when the batcher is not running.
+        """
+        if self._send is None:
+            raise ExecutorClosed("executor is not serving: start it with `await start(nursery)`")
+        pending = _Pending(check_input(self._current.config, x), trio.current_time(), trio.Event())
+        try:
+            self._send.send_nowait(pending)
+        except trio.WouldBlock:
+            raise QueueFull(
+                f"{self.max_queue_length} inputs are queued, the limit (max_queue_length)"
+            ) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ExecutorClosed("executor stopped serving") from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Starts the batcher in ``nursery``; returns once :meth:`submit` is accepted."""
+        await nursery.start(self.serve)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The batcher: forms batches and runs them, one at a time, until cancelled."""
+        if self._send is not None:
+            raise InferenceError("executor is already serving")
+        send, receive = trio.open_memory_channel[_Pending](self.max_queue_length)
+        self._send = send
+        try:
+            task_status.started()
+            while True:
+                batch = await self._next_batch(receive)
+                await self._run_batch(batch)
+        finally:
+            self._send = None
+            send.close()
+            while True:
+                try:
+                    pending = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                pending.error = ExecutorClosed("executor stopped serving before this input ran")
+                pending.done.set()
+
+    async def _next_batch(self, receive: trio.MemoryReceiveChannel[_Pending]) -> list[_Pending]:
+        batch = [await receive.receive()]
+        # The delay counts from when the first input was queued, not from when it is taken.
+        with trio.move_on_at(batch[0].queued_at + self.max_queue_delay):
+            while len(batch) < self.max_batch_size:
+                batch.append(await receive.receive())
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        servable = self._current  # the version this batch runs on, whatever switches meanwhile
+        xs = np.stack([p.x for p in batch])
+        try:
+            predictions = await trio.to_thread.run_sync(servable.run, xs)
+        except Exception as e:  # an execution failure fails this batch, not the executor
+            self.stats.failed_batches += 1
+            error = InferenceError(f"batch of {len(batch)} failed on {servable.version}: {e!r}")
+            for pending in batch:
+                pending.error = error
+                pending.done.set()
+            return
+        self.stats.batches += 1
+        self.stats.inputs += len(batch)
+        self.stats.padded += next(b for b in self.buckets if b >= len(batch)) - len(batch)
+        for pending, prediction in zip(batch, predictions, strict=True):
+            pending.result = prediction
+            pending.done.set()
