@@ -1,0 +1,1106 @@
+"""The replica: PBFT with signatures, ordering requests, votes and model updates (sans-I/O).
+
+One object per node. :meth:`Replica.handle` takes an event and returns the actions to carry
+out; nothing here reads a clock, touches a socket or runs a model. See docs/protocol.md.
+
+Phases per sequence number: the primary (``view mod n``) sends PRE-PREPARE; every replica,
+the primary included, sends PREPARE; 2f+1 matching PREPAREs make the batch *prepared* and
+the replica sends COMMIT; 2f+1 matching COMMITs make it *committed*; committed batches are
+executed in sequence order, each valid entry certified and replied.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from dropbear import _core
+from dropbear import limits as L
+from dropbear.certificate import build as build_certificate
+from dropbear.consensus import proofs
+from dropbear.consensus.events import (
+    Action,
+    ActivateModel,
+    Broadcast,
+    CancelTimer,
+    ClientRequest,
+    Deliver,
+    Event,
+    LocalVotes,
+    ModelUpdateReady,
+    Receive,
+    RecordEvidence,
+    Reply,
+    RequestInference,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+from dropbear.consensus.ledger import Ledger, MemoryLedger
+from dropbear.consensus.state import BatchError, Derived, GroupState, derive
+from dropbear.evidence import Evidence, EvidenceError
+from dropbear.manifest import Manifest
+from dropbear.wire import (
+    Batch,
+    CatchupRequest,
+    CatchupResponse,
+    Certificate,
+    Checkpoint,
+    Commit,
+    CommittedBatch,
+    Kind,
+    Message,
+    ModelUpdate,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Proposal,
+    Request,
+    Statement,
+    ViewChange,
+    Votes,
+    WireError,
+    decode,
+)
+
+PROGRESS = "progress"
+VOTE_WAIT = "vote-wait"
+VIEW_CHANGE = "view-change"
+CATCH_UP = "catch-up"
+TIMERS = (PROGRESS, VOTE_WAIT, VIEW_CHANGE, CATCH_UP)
+"""The names of the replica's timers."""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Tunable bounds and delays; defaults from :mod:`dropbear.limits`."""
+
+    checkpoint_interval: int = L.CHECKPOINT_INTERVAL
+    window: int = L.SEQ_WINDOW
+    pipeline_depth: int = L.PIPELINE_DEPTH
+    max_batch_entries: int = L.MAX_BATCH_ENTRIES
+    vote_wait: float = L.VOTE_WAIT
+    request_timeout: float = L.REQUEST_TIMEOUT
+    view_change_timeout: float = L.VIEW_CHANGE_TIMEOUT
+    max_view_change_timeout: float = L.MAX_VIEW_CHANGE_TIMEOUT
+    catchup_interval: float = L.CATCHUP_INTERVAL
+
+    def __post_init__(self) -> None:
+        if not 0 < self.checkpoint_interval <= self.window // 2:
+            raise ValueError(
+                f"checkpoint interval {self.checkpoint_interval} must be in 1..window/2 "
+                f"({self.window // 2})"
+            )
+
+
+@dataclass
+class Slot:
+    """The batch accepted at one sequence number in the current view."""
+
+    view: int
+    seq: int
+    batch: Batch
+    derived: Derived
+    proposal_signature: bytes
+    prepared: bool = False
+    committed: bool = False
+
+    @property
+    def root(self) -> bytes:
+        return self.derived.root
+
+
+@dataclass
+class _Votes:
+    """The votes known for one request: per node, the VOTES message and its output."""
+
+    by_node: dict[int, tuple[Votes, int, float]] = field(default_factory=dict)
+
+
+class Replica:
+    """One node's consensus replica; see the module docstring and docs/protocol.md."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        node: int,
+        key: _core.SigningKey,
+        ledger: Ledger | None = None,
+        config: ReplicaConfig | None = None,
+    ) -> None:
+        if key.public_key != manifest.node_key(node):
+            raise ValueError(f"key is not node {node}'s key in the manifest")
+        self.manifest = manifest
+        self.me = node
+        self.key = key
+        self.gid = manifest.group_id
+        self.config = config or ReplicaConfig()
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.state = GroupState.genesis(manifest)
+        self._out: list[Action] = []
+        # view
+        self.view = 0
+        self.active = True
+        self.vc_target = 0
+        self._vc_timeout = self.config.view_change_timeout
+        self._view_changes: dict[int, ViewChange] = {}
+        self._last_new_view: NewView | None = None
+        # log
+        self.stable_seq = 0
+        self._stable_proof: tuple[Checkpoint, ...] = ()
+        self._slots: dict[int, Slot] = {}
+        self._early: dict[int, PrePrepare] = {}
+        self._prepares: dict[tuple[int, int], dict[int, Prepare]] = {}
+        self._commits: dict[tuple[int, int], dict[int, Commit]] = {}
+        self._prepare_quorums: set[tuple[int, int, bytes]] = set()
+        self._commit_quorums: set[tuple[int, int, bytes]] = set()
+        self._new_trackers()
+        self._prepared: dict[int, PreparedProof] = {}
+        self._committed: dict[int, CommittedBatch] = {}
+        self._checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self._signed: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+        self.next_seq = 1
+        # requests, votes, updates
+        self._requests: OrderedDict[bytes, Request] = OrderedDict()
+        self._by_client: dict[bytes, set[bytes]] = {}
+        self._votes: OrderedDict[bytes, _Votes] = OrderedDict()
+        self._my_votes: dict[bytes, Votes] = {}
+        self._updates: dict[int, ModelUpdate] = {}
+        self._waiting: set[bytes] = set()
+        self._expired: set[bytes] = set()
+        self._replies: OrderedDict[tuple[bytes, int], Certificate] = OrderedDict()
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self.convicted: set[int] = set()
+        self.evidence_kept = 0
+        # timers and catch-up
+        self._running: set[str] = set()
+        self.known_top = 0
+        self._catchup_peer = node
+        self._replaying = False
+        self._recover()
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def primary(self) -> int:
+        return self.manifest.primary(self.view)
+
+    @property
+    def executed(self) -> int:
+        """The last executed sequence number."""
+        return self.state.seq
+
+    def start(self) -> list[Action]:
+        """Actions to run once when the node starts (or restarts)."""
+        if self.state.seq or self.view:
+            self._out.append(Broadcast(self._catchup_request()))
+            self._set_timer(CATCH_UP, self.config.catchup_interval)
+        if not self.active:
+            self._send_view_change()
+        return self._flush()
+
+    def handle(self, event: Event) -> list[Action]:
+        """Processes one event; returns the actions to carry out, in order."""
+        match event:
+            case Receive(sender, message):
+                self._on_receive(sender, message)
+            case ClientRequest(requests):
+                self._on_client_requests(list(requests))
+            case LocalVotes(version, votes):
+                self._on_local_votes(version, list(votes))
+            case ModelUpdateReady(update):
+                self._on_update(update, local=True)
+            case TimerFired(name):
+                self._on_timer(name)
+            case _:
+                raise TypeError(f"unknown event {event!r}")
+        return self._flush()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _flush(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _broadcast(self, message: Message) -> None:
+        self._out.append(Broadcast(message))
+
+    def _set_timer(self, name: str, delay: float) -> None:
+        self._running.add(name)
+        self._out.append(SetTimer(name, delay))
+
+    def _cancel_timer(self, name: str) -> None:
+        if name in self._running:
+            self._running.discard(name)
+            self._out.append(CancelTimer(name))
+
+    def _new_trackers(self) -> None:
+        n, q = self.manifest.n, self.manifest.quorum
+        self._prepare_tracker = _core.QuorumTracker(n, q, L.QUORUM_MAX_SLOTS)
+        self._commit_tracker = _core.QuorumTracker(n, q, L.QUORUM_MAX_SLOTS)
+
+    def _evidence(self, evidence: Evidence) -> None:
+        try:
+            culprit = evidence.culprit(self.manifest)
+        except EvidenceError:
+            return
+        self.convicted.add(culprit)
+        if self.evidence_kept < L.MAX_EVIDENCE_ITEMS:
+            self.evidence_kept += 1
+            self._out.append(RecordEvidence(evidence))
+
+    def _drain_trackers(self) -> None:
+        for tracker in (self._prepare_tracker, self._commit_tracker):
+            for a, b in tracker.take_evidence():
+                self._evidence(Evidence("statements", a[4], b[4]))
+
+    def _verify(self, items: list[tuple[bytes, bytes, bytes]]) -> bool:
+        return not items or not _core.batch_verify(items)
+
+    def _remember_verified(self, digest: bytes) -> None:
+        self._verified[digest] = None
+        while len(self._verified) > L.MAX_VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+
+    def _may_sign(self, statement: Statement) -> bool:
+        """Never sign two different statements for one (kind, view, seq); persist first."""
+        key = (statement.kind, statement.view, statement.seq)
+        value = (statement.digest, statement.size)
+        known = self._signed.get(key)
+        if known is not None:
+            return known == value
+        self._signed[key] = value
+        self.ledger.save_signed(statement)
+        return True
+
+    def _statement(self, kind: Kind, view: int, seq: int, size: int, digest: bytes) -> Statement:
+        return Statement(kind, self.gid, self.me, view, seq, size, digest)
+
+    def _in_window(self, seq: int) -> bool:
+        return self.stable_seq < seq <= self.stable_seq + self.config.window
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        durable = self.ledger.load()
+        self._replaying = True
+        for cb in self.ledger.committed(1, self.ledger.last_seq() + 1):
+            derived = proofs.valid_committed(self.manifest, cb)
+            if derived is None or cb.seq != self.state.seq + 1:
+                raise ValueError(f"ledger batch {cb.seq} does not verify")
+            self._execute_batch(cb, derived)
+        self._replaying = False
+        for statement in durable.signed:
+            key = (statement.kind, statement.view, statement.seq)
+            self._signed[key] = (statement.digest, statement.size)
+        for proof in durable.prepared:
+            old = self._prepared.get(proof.seq)
+            if proof.seq > self.state.seq and (old is None or old.view < proof.view):
+                self._prepared[proof.seq] = proof
+        if durable.view:
+            self.view = self.vc_target = durable.view
+            self.active = False
+        self.next_seq = self.state.seq + 1
+        self.known_top = self.state.seq
+
+    # --- events --------------------------------------------------------------------------
+
+    def _on_receive(self, sender: int | None, data: bytes | Message) -> None:
+        if isinstance(data, Message):
+            message = data
+        else:
+            try:
+                message = decode(data)
+            except WireError:
+                return
+        group = message.statement.group_id if hasattr(message, "statement") else None
+        if isinstance(message, Request):
+            group = message.header.group_id
+        elif group is None:
+            group = getattr(message, "group_id", None)
+        if group != self.gid:
+            return
+        match message:
+            case Request():
+                self._on_client_requests([message])
+            case Votes():
+                self._on_votes(message)
+            case ModelUpdate():
+                self._on_update(message, local=False)
+            case PrePrepare():
+                self._on_pre_prepare(message)
+            case Prepare():
+                self._on_prepare(message)
+            case Commit():
+                self._on_commit(message)
+            case Checkpoint():
+                self._on_checkpoint(message)
+            case ViewChange():
+                self._on_view_change(message)
+            case NewView():
+                self._on_new_view(message)
+            case CatchupRequest():
+                self._on_catchup_request(message)
+            case CatchupResponse():
+                self._on_catchup_response(message)
+            case _:
+                return
+
+    def _on_timer(self, name: str) -> None:
+        self._running.discard(name)
+        if name == VOTE_WAIT:
+            self._expired |= self._waiting
+            self._waiting.clear()
+            self._propose()
+        elif name == PROGRESS:
+            if self.active and self.primary != self.me and self._has_orderable():
+                self._start_view_change(self.view + 1)
+            else:
+                self._update_progress_timer()
+        elif name == VIEW_CHANGE and not self.active:
+            voters = [vc for vc in self._view_changes.values() if vc.new_view == self.vc_target]
+            if len(voters) >= self.manifest.quorum:
+                self._vc_timeout = min(2 * self._vc_timeout, self.config.max_view_change_timeout)
+                self._start_view_change(self.vc_target + 1)
+            else:
+                self._send_view_change()
+        elif name == CATCH_UP:
+            self._want_catchup()
+
+    # --- requests, votes, model updates -------------------------------------------------
+
+    def _on_client_requests(self, requests: list[Request]) -> None:
+        candidates: list[Request] = []
+        seen: set[bytes] = set()
+        for request in requests:
+            head = request.header
+            digest = head.digest
+            if head.group_id != self.gid or digest in seen or not request.data_matches():
+                continue
+            seen.add(digest)
+            if digest in self._requests:  # a retransmission: help the stragglers
+                mine = self._my_votes.get(digest)
+                if mine is not None:
+                    self._broadcast(mine)
+                continue
+            cached = self._replies.get((head.client, head.request_id))
+            if cached is not None and cached.entry.request == digest:
+                self._out.append(Reply(head.client, cached))
+                continue
+            if not self.state.fresh(head.client, head.request_id):
+                continue
+            pending = self._by_client.get(head.client, ())
+            if len(pending) >= L.MAX_INFLIGHT_PER_CLIENT:
+                continue
+            if len(self._requests) + len(candidates) >= L.MAX_PENDING_REQUESTS:
+                continue
+            if len(self._by_client) >= L.MAX_CLIENTS and head.client not in self._by_client:
+                continue
+            candidates.append(request)
+        bad = set(_core.batch_verify([r.header.check_item(r.header.client) for r in candidates]))
+        accepted = tuple(r for i, r in enumerate(candidates) if i not in bad)
+        for request in accepted:
+            self._requests[request.digest] = request
+            self._by_client.setdefault(request.header.client, set()).add(request.digest)
+        if accepted:
+            self._out.append(RequestInference(accepted, self.state.versions[self.me]))
+            self._after_new_work()
+
+    def _on_local_votes(self, version: bytes, votes: list) -> None:
+        current = self.state.versions[self.me]
+        if version != current:  # computed before our model switched: recompute
+            stale = tuple(self._requests[v.request] for v in votes if v.request in self._requests)
+            if stale:
+                self._out.append(RequestInference(stale, current))
+            return
+        votes = [v for v in votes if v.request in self._requests]
+        for start in range(0, len(votes), L.MAX_VOTES_PER_MESSAGE):
+            chunk = tuple(votes[start : start + L.MAX_VOTES_PER_MESSAGE])
+            message = Votes(self.gid, self.me, version, chunk).signed(self.key)
+            for vote in chunk:
+                self._my_votes[vote.request] = message
+            self._broadcast(message)
+            self._on_votes(message, verified=True)
+
+    def _on_votes(self, message: Votes, verified: bool = False) -> None:
+        node = message.node
+        if node >= self.manifest.n or node in self.convicted and node != self.me:
+            return
+        if not verified and message.digest not in self._verified:
+            if not message.verify(self.manifest.node_key(node)):
+                return
+            self._remember_verified(message.digest)
+        for vote in message.votes:
+            known = self._votes.get(vote.request)
+            if known is None:
+                if len(self._votes) >= L.MAX_PENDING_REQUESTS:
+                    self._votes.popitem(last=False)
+                known = self._votes[vote.request] = _Votes()
+            old = known.by_node.get(node)
+            if old is not None and old[0].model_version == message.model_version:
+                if (old[1], old[2]) != (vote.label, vote.score):
+                    self._evidence(Evidence.of_votes(old[0], message))
+                    return
+                continue
+            if old is None or message.model_version == self.state.versions[node]:
+                known.by_node[node] = (message, vote.label, vote.score)
+        self._after_new_work()
+
+    def _on_update(self, update: ModelUpdate, local: bool) -> None:
+        node = update.node
+        if node >= self.manifest.n or update.counter <= self.state.counters[node]:
+            return
+        pending = self._updates.get(node)
+        if pending is not None and pending.counter >= update.counter:
+            return
+        if not update.verify(self.manifest.owner_key(node)):
+            return
+        self._updates[node] = update
+        if local or node == self.me:
+            self._broadcast(update)
+        self._after_new_work()
+
+    def _after_new_work(self) -> None:
+        if self.active and self.primary == self.me:
+            self._propose()
+        else:
+            self._update_progress_timer()
+
+    def _current_votes(self, digest: bytes, versions: list[bytes]) -> dict[int, Votes]:
+        known = self._votes.get(digest)
+        if known is None:
+            return {}
+        return {
+            node: msg
+            for node, (msg, _, _) in known.by_node.items()
+            if msg.model_version == versions[node] and node not in self.convicted
+        }
+
+    def _has_orderable(self) -> bool:
+        """Whether something could be ordered now (the primary owes us progress)."""
+        versions = self.state.versions
+        if any(u.counter > self.state.counters[u.node] for u in self._updates.values()):
+            return True
+        return any(
+            len(self._current_votes(d, versions)) >= self.manifest.quorum for d in self._requests
+        )
+
+    def _update_progress_timer(self) -> None:
+        if not self.active or self.primary == self.me:
+            self._cancel_timer(PROGRESS)
+        elif PROGRESS not in self._running and self._has_orderable():
+            self._set_timer(PROGRESS, self.config.request_timeout)
+
+    # --- the primary's ordering batcher -------------------------------------------------
+
+    def _projected(self, seq: int) -> GroupState | None:
+        """The state after every batch before ``seq`` (accepted or committed), if all known."""
+        state = self.state
+        if seq == state.seq + 1:
+            return state
+        state = state.copy()
+        for s in range(self.state.seq + 1, seq):
+            slot = self._slots.get(s)
+            if slot is not None:
+                state.apply(slot.derived, s, slot.root)
+                continue
+            cb = self._committed.get(s)
+            if cb is None:
+                return None
+            derived = derive(cb.batch, self.manifest)
+            state.apply(derived, s, derived.root)
+        return state
+
+    def _propose(self) -> None:
+        while self.active and self.primary == self.me:
+            seq = self.next_seq
+            if seq > self.stable_seq + self.config.window:
+                return
+            if seq > self.state.seq + self.config.pipeline_depth:
+                return
+            projected = self._projected(seq)
+            if projected is None:
+                return
+            batch = self._assemble(projected)
+            if batch is None:
+                return
+            try:
+                derived = derive(batch, self.manifest)
+            except BatchError:
+                batch = Batch(batch.requests[:1], batch.votes, batch.updates)
+                derived = derive(batch, self.manifest)
+            if projected.check(derived) is not None:
+                return
+            statement = self._statement(
+                Kind.PRE_PREPARE, self.view, seq, derived.size, derived.root
+            )
+            if not self._may_sign(statement):
+                return
+            message = PrePrepare(statement, self.key.sign(statement.encoded), batch)
+            slot = Slot(self.view, seq, batch, derived, message.signature)
+            self._slots[seq] = slot
+            self.next_seq = seq + 1
+            self._broadcast(message)
+            self._send_prepare(slot)
+
+    def _assemble(self, projected: GroupState) -> Batch | None:
+        """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
+        and pending model updates."""
+        in_flight = {h.digest for s in self._slots.values() for h in s.derived.headers}
+        quorum, n = self.manifest.quorum, self.manifest.n
+        headers, messages, used = [], {}, set()
+        for digest, request in self._requests.items():
+            if len(headers) >= self.config.max_batch_entries:
+                break
+            head = request.header
+            if digest in in_flight or (head.client, head.request_id) in used:
+                continue
+            if not projected.fresh(head.client, head.request_id):
+                continue
+            votes = self._current_votes(digest, projected.versions)
+            if len(votes) < quorum:
+                continue
+            if len(votes) < n and digest not in self._expired:
+                if digest not in self._waiting:
+                    self._waiting.add(digest)
+                    if VOTE_WAIT not in self._running:
+                        self._set_timer(VOTE_WAIT, self.config.vote_wait)
+                continue
+            new = {m.digest: m for m in votes.values() if m.digest not in messages}
+            if len(messages) + len(new) > L.MAX_BATCH_VOTE_MESSAGES:
+                break
+            messages.update(new)
+            headers.append(head)
+            used.add((head.client, head.request_id))
+        updates = tuple(
+            u
+            for _, u in sorted(self._updates.items())
+            if u.counter > projected.counters[u.node]
+            and not any(u in s.batch.updates for s in self._slots.values())
+        )
+        if not headers and not updates:
+            return None
+        return Batch(tuple(headers), tuple(messages.values()), updates)
+
+    # --- normal case: pre-prepare, prepare, commit --------------------------------------
+
+    def _note_ahead(self, message: PrePrepare | Prepare | Commit) -> None:
+        """A signed message beyond our window: we are behind; catch up."""
+        if message.seq > self.known_top and message.verify(self.manifest.node_key(message.node)):
+            self.known_top = message.seq
+            self._want_catchup()
+
+    def _on_pre_prepare(self, message: PrePrepare) -> None:
+        s = message.statement
+        if not self.active or s.view != self.view or s.node != self.primary or s.node == self.me:
+            return
+        if s.seq > self.stable_seq + self.config.window:
+            return self._note_ahead(message)
+        if not self._in_window(s.seq) or s.seq <= self.state.seq:
+            return
+        slot = self._slots.get(s.seq)
+        if slot is not None:
+            if slot.root != s.digest and message.verify(self.manifest.node_key(s.node)):
+                ours = Statement(
+                    Kind.PRE_PREPARE, self.gid, s.node, slot.view, slot.seq,
+                    slot.derived.size, slot.root,
+                )  # fmt: skip
+                self._evidence(
+                    Evidence.of_statements(ours, slot.proposal_signature, s, message.signature)
+                )
+            return
+        if self._projected(s.seq) is None:
+            if len(self._early) < L.MAX_FUTURE_MESSAGES:
+                self._early.setdefault(s.seq, message)
+            return
+        self._accept_pre_prepare(message)
+        while self._accept_early() is not None:
+            pass
+
+    def _accept_early(self) -> int | None:
+        """Accepts a buffered PRE-PREPARE whose predecessors are now known."""
+        for seq in sorted(self._early):
+            if self._projected(seq) is not None:
+                message = self._early.pop(seq)
+                if message.view == self.view and seq not in self._slots and seq > self.state.seq:
+                    self._accept_pre_prepare(message)
+                return seq
+        return None
+
+    def _accept_pre_prepare(self, message: PrePrepare) -> None:
+        s, batch = message.statement, message.batch
+        items = [message.check_item(self.manifest.node_key(s.node))]
+        items += [h.check_item(h.client) for h in batch.requests]
+        items += [
+            v.check_item(self.manifest.node_key(v.node))
+            for v in batch.votes
+            if v.node < self.manifest.n and v.digest not in self._verified
+        ]
+        items += [
+            u.check_item(self.manifest.owner_key(u.node))
+            for u in batch.updates
+            if u.node < self.manifest.n
+        ]
+        if not self._verify(items):
+            return
+        try:
+            derived = derive(batch, self.manifest)
+        except BatchError:
+            return
+        if (derived.root, derived.size) != (s.digest, s.size):
+            return
+        projected = self._projected(s.seq)
+        if projected is None or projected.check(derived) is not None:
+            return
+        for v in batch.votes:
+            self._remember_verified(v.digest)
+        slot = Slot(s.view, s.seq, batch, derived, message.signature)
+        self._slots[s.seq] = slot
+        self._send_prepare(slot)
+
+    def _send_prepare(self, slot: Slot) -> None:
+        statement = self._statement(Kind.PREPARE, slot.view, slot.seq, slot.derived.size, slot.root)
+        if not self._may_sign(statement):
+            return
+        message = Prepare(statement, self.key.sign(statement.encoded), slot.proposal_signature)
+        self._broadcast(message)
+        self._on_prepare(message, verified=True)
+
+    def _on_prepare(self, message: Prepare, verified: bool = False) -> None:
+        s = message.statement
+        if not self.active or s.view != self.view or s.node >= self.manifest.n:
+            return
+        if s.seq > self.stable_seq + self.config.window:
+            return self._note_ahead(message)
+        if not self._in_window(s.seq):
+            return
+        known = self._prepares.setdefault(s.slot, {})
+        if s.node in known and known[s.node] == message:
+            return
+        if not verified:
+            primary_key = self.manifest.node_key(self.primary)
+            items = [
+                message.check_item(self.manifest.node_key(s.node)),
+                (message.proposal(self.primary).encoded, message.proposal_signature, primary_key),
+            ]
+            if not self._verify(items):
+                return
+        slot = self._slots.get(s.seq)
+        if slot is not None and slot.view == s.view and slot.root != s.digest:
+            ours = Statement(
+                Kind.PRE_PREPARE, self.gid, self.primary, slot.view, slot.seq,
+                slot.derived.size, slot.root,
+            )  # fmt: skip
+            self._evidence(
+                Evidence.of_statements(
+                    ours,
+                    slot.proposal_signature,
+                    message.proposal(self.primary),
+                    message.proposal_signature,
+                )
+            )
+        known.setdefault(s.node, message)
+        signed = s.encoded + message.signature
+        quorums = self._prepare_tracker.add_votes([(s.view, s.seq, s.digest, s.node, signed)])
+        self._prepare_quorums.update(quorums)
+        self._drain_trackers()
+        self._check_prepared(s.seq)
+
+    def _check_prepared(self, seq: int) -> None:
+        slot = self._slots.get(seq)
+        if (
+            slot is None
+            or slot.prepared
+            or (slot.view, seq, slot.root) not in self._prepare_quorums
+        ):
+            return
+        slot.prepared = True
+        matching = tuple(
+            p for p in self._prepares.get((slot.view, seq), {}).values() if p.root == slot.root
+        )[: self.manifest.quorum]
+        proof = PreparedProof(slot.view, seq, slot.batch, matching)
+        self._prepared[seq] = proof
+        self.ledger.save_prepared(proof)
+        statement = self._statement(Kind.COMMIT, slot.view, seq, slot.derived.size, slot.root)
+        if self._may_sign(statement):
+            message = Commit(statement, self.key.sign(statement.encoded))
+            self._broadcast(message)
+            self._on_commit(message, verified=True)
+
+    def _on_commit(self, message: Commit, verified: bool = False) -> None:
+        s = message.statement
+        if not self.active or s.view != self.view or s.node >= self.manifest.n:
+            return
+        if s.seq > self.stable_seq + self.config.window:
+            return self._note_ahead(message)
+        if not self._in_window(s.seq) or s.seq <= self.state.seq:
+            return
+        known = self._commits.setdefault(s.slot, {})
+        if s.node in known and known[s.node] == message:
+            return
+        if not verified and not message.verify(self.manifest.node_key(s.node)):
+            return
+        known.setdefault(s.node, message)
+        signed = s.encoded + message.signature
+        quorums = self._commit_tracker.add_votes([(s.view, s.seq, s.digest, s.node, signed)])
+        self._commit_quorums.update(quorums)
+        self._drain_trackers()
+        self._check_committed(s.seq)
+
+    def _check_committed(self, seq: int) -> None:
+        slot = self._slots.get(seq)
+        if (
+            slot is None
+            or slot.committed
+            or (slot.view, seq, slot.root) not in self._commit_quorums
+        ):
+            return
+        slot.committed = True
+        matching = tuple(
+            c for c in self._commits.get((slot.view, seq), {}).values() if c.root == slot.root
+        )[: self.manifest.quorum]
+        self._committed[seq] = CommittedBatch(slot.view, seq, slot.batch, matching)
+        self._execute()
+
+    # --- execution ----------------------------------------------------------------------
+
+    def _execute(self) -> None:
+        progressed = False
+        while self.state.seq + 1 in self._committed:
+            cb = self._committed.pop(self.state.seq + 1)
+            slot = self._slots.get(cb.seq)
+            if slot is not None and slot.batch == cb.batch:
+                derived = slot.derived
+            else:
+                derived = derive(cb.batch, self.manifest)
+            self._execute_batch(cb, derived)
+            progressed = True
+        if self._committed and min(self._committed) > self.state.seq + 1:
+            self.known_top = max(self.known_top, max(self._committed))
+            self._want_catchup()
+        if progressed:
+            self._after_progress()
+
+    def _after_progress(self) -> None:
+        self._cancel_timer(PROGRESS)
+        self._update_progress_timer()
+        while self._accept_early() is not None:
+            pass
+        if self.active and self.primary == self.me:
+            self.next_seq = max(self.next_seq, self.state.seq + 1)
+            self._propose()
+
+    def _execute_batch(self, cb: CommittedBatch, derived: Derived) -> None:
+        """Applies committed batch ``cb`` (the next one), persists it, certifies and replies."""
+        if not self._replaying:
+            self.ledger.append_committed(cb)
+        valid_entries, valid_updates = self.state.apply(derived, cb.seq, derived.root)
+        self._slots.pop(cb.seq, None)
+        self._committed.pop(cb.seq, None)
+        self.known_top = max(self.known_top, cb.seq)
+        valid = set(valid_entries)
+        certified, void, replies = [], [], []
+        for i, entry in enumerate(derived.entries):
+            if i not in valid:
+                void.append(entry)
+                continue
+            certified.append(entry)
+            self._forget_request(entry.request, entry.client)
+            if self._replaying:
+                continue
+            cert = build_certificate(
+                self.gid, cb.view, cb.seq, derived.leaves, i, entry, cb.commits
+            )
+            self._replies[(entry.client, entry.request_id)] = cert
+            while len(self._replies) > L.MAX_REPLY_CACHE:
+                self._replies.popitem(last=False)
+            replies.append(Reply(entry.client, cert))
+        for client in {e.client for e in certified}:
+            for digest in list(self._by_client.get(client, ())):
+                head = self._requests[digest].header
+                if not self.state.fresh(head.client, head.request_id):
+                    self._forget_request(digest, client)
+        updates = tuple(derived.updates[i] for i in valid_updates)
+        for update in updates:
+            pending = self._updates.get(update.node)
+            if pending is not None and pending.counter <= update.counter:
+                del self._updates[update.node]
+            if update.node == self.me and not self._replaying:
+                self._switch_model(update.model_version)
+        if self._replaying:
+            return
+        self._out.append(
+            Deliver(cb.view, cb.seq, derived.root, tuple(certified), updates, tuple(void))
+        )
+        self._out.extend(replies)
+        if cb.seq % self.config.checkpoint_interval == 0:
+            statement = self._statement(Kind.CHECKPOINT, 0, cb.seq, 0, self.state.digest)
+            message = Checkpoint(statement, self.key.sign(statement.encoded))
+            self._broadcast(message)
+            self._on_checkpoint(message, verified=True)
+
+    def _forget_request(self, digest: bytes, client: bytes) -> None:
+        self._requests.pop(digest, None)
+        self._votes.pop(digest, None)
+        self._my_votes.pop(digest, None)
+        self._waiting.discard(digest)
+        self._expired.discard(digest)
+        pending = self._by_client.get(client)
+        if pending is not None:
+            pending.discard(digest)
+            if not pending:
+                del self._by_client[client]
+
+    def _switch_model(self, version: bytes) -> None:
+        """Our own update was ordered: switch, and recompute votes of the old version."""
+        self._out.append(ActivateModel(version))
+        stale = tuple(
+            self._requests[d]
+            for d, message in self._my_votes.items()
+            if message.model_version != version and d in self._requests
+        )
+        if stale:
+            self._out.append(RequestInference(stale, version))
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def _on_checkpoint(self, message: Checkpoint, verified: bool = False) -> None:
+        s = message.statement
+        if s.node >= self.manifest.n or s.seq % self.config.checkpoint_interval or s.view:
+            return
+        if not self._in_window(s.seq) or s.size:
+            return
+        known = self._checkpoints.setdefault(s.seq, {})
+        if s.node in known:
+            old = known[s.node]
+            if old.root != s.digest and message.verify(self.manifest.node_key(s.node)):
+                self._evidence(
+                    Evidence.of_statements(old.statement, old.signature, s, message.signature)
+                )
+            return
+        if not verified and not message.verify(self.manifest.node_key(s.node)):
+            return
+        known[s.node] = message
+        matching = tuple(c for c in known.values() if c.root == s.digest)
+        if len(matching) >= self.manifest.quorum:
+            self._make_stable(s.seq, matching[: self.manifest.quorum])
+
+    def _make_stable(self, seq: int, proof: tuple[Checkpoint, ...]) -> None:
+        if seq <= self.stable_seq:
+            return
+        self.stable_seq, self._stable_proof = seq, proof
+        for table in (self._slots, self._early, self._prepared, self._checkpoints):
+            for s in [s for s in table if s <= seq]:
+                del table[s]
+        for s in [s for s in self._committed if s <= min(seq, self.state.seq)]:
+            del self._committed[s]
+        for table in (self._prepares, self._commits):
+            for key in [k for k in table if k[1] <= seq]:
+                del table[key]
+        for quorums in (self._prepare_quorums, self._commit_quorums):
+            quorums.difference_update({q for q in quorums if q[1] <= seq})
+        self._prepare_tracker.forget_up_to(seq)
+        self._commit_tracker.forget_up_to(seq)
+        self._signed = {k: v for k, v in self._signed.items() if k[2] > seq}
+        self.ledger.truncate(seq)
+        if self.state.seq < seq:
+            self.known_top = max(self.known_top, seq)
+            self._want_catchup()
+        if self.active and self.primary == self.me:
+            self.next_seq = max(self.next_seq, seq + 1)
+            self._propose()
+
+    # --- view change --------------------------------------------------------------------
+
+    def _start_view_change(self, view: int) -> None:
+        if view <= self.vc_target:
+            return
+        self.active = False
+        self.vc_target = view
+        self._cancel_timer(PROGRESS)
+        self._cancel_timer(VOTE_WAIT)
+        self._send_view_change()
+        self._maybe_new_view()
+
+    def _send_view_change(self) -> None:
+        own = self._view_changes.get(self.me)
+        if own is None or own.new_view != self.vc_target:
+            self.ledger.save_view(self.vc_target)
+            prepared = tuple(p for s, p in sorted(self._prepared.items()) if s > self.stable_seq)
+            own = ViewChange(
+                self.gid, self.me, self.vc_target, self.stable_seq, self._stable_proof, prepared
+            ).signed(self.key)
+            self._view_changes[self.me] = own
+        self._broadcast(own)
+        self._set_timer(VIEW_CHANGE, self._vc_timeout)
+
+    def _on_view_change(self, vc: ViewChange) -> None:
+        if vc.node >= self.manifest.n or vc.node == self.me:
+            return
+        if vc.new_view <= self.view and self.active:
+            if self._last_new_view is not None and vc.new_view <= self._last_new_view.view:
+                self._out.append(Send(vc.node, self._last_new_view))  # help it into our view
+            return
+        old = self._view_changes.get(vc.node)
+        if old is not None and old.new_view >= vc.new_view:
+            return
+        cfg = self.config
+        if not proofs.valid_view_change(self.manifest, vc, cfg.checkpoint_interval, cfg.window):
+            return
+        self._view_changes[vc.node] = vc
+        current = self.vc_target if not self.active else self.view
+        higher = sorted(v.new_view for v in self._view_changes.values() if v.new_view > current)
+        if len(higher) >= self.manifest.f + 1:
+            self._start_view_change(higher[0])
+        self._maybe_new_view()
+
+    def _maybe_new_view(self) -> None:
+        view = self.vc_target
+        if self.active or self.manifest.primary(view) != self.me:
+            return
+        voters = sorted(
+            (vc for vc in self._view_changes.values() if vc.new_view == view),
+            key=lambda vc: vc.node,
+        )
+        if len(voters) < self.manifest.quorum or self.me not in {vc.node for vc in voters}:
+            return
+        chosen = tuple(voters[: self.manifest.quorum])
+        base, items = proofs.select(chosen)
+        proposals = []
+        for seq, batch in items:
+            derived = derive(batch, self.manifest)
+            statement = self._statement(Kind.PRE_PREPARE, view, seq, derived.size, derived.root)
+            if not self._may_sign(statement):
+                return
+            signature = self.key.sign(statement.encoded)
+            proposals.append(Proposal(seq, derived.size, derived.root, signature))
+        message = NewView(self.gid, self.me, view, chosen, tuple(proposals)).signed(self.key)
+        self._broadcast(message)
+        self._install_new_view(message, base, items)
+
+    def _on_new_view(self, message: NewView) -> None:
+        view = message.view
+        if message.node != self.manifest.primary(view) or message.node == self.me:
+            return
+        if (self.active and view <= self.view) or (not self.active and view < self.vc_target):
+            return
+        changes = message.view_changes
+        nodes = {vc.node for vc in changes}
+        if len(nodes) != len(changes) or len(nodes) < self.manifest.quorum:
+            return
+        if any(vc.new_view != view for vc in changes):
+            return
+        if not message.verify(self.manifest.node_key(message.node)):
+            return
+        cfg = self.config
+        for vc in changes:
+            if not proofs.valid_view_change(self.manifest, vc, cfg.checkpoint_interval, cfg.window):
+                return
+        base, items = proofs.select(changes)
+        if len(items) != len(message.proposals):
+            return
+        checks = []
+        for (seq, batch), proposal in zip(items, message.proposals, strict=True):
+            derived = derive(batch, self.manifest)
+            if (proposal.seq, proposal.size, proposal.root) != (seq, derived.size, derived.root):
+                return
+            statement = Statement(
+                Kind.PRE_PREPARE, self.gid, message.node, view, seq, derived.size, derived.root
+            )
+            checks.append(
+                (statement.encoded, proposal.signature, self.manifest.node_key(message.node))
+            )
+        if not self._verify(checks):
+            return
+        self.ledger.save_view(view)
+        self._install_new_view(message, base, items)
+
+    def _install_new_view(
+        self, message: NewView, base: ViewChange, items: list[tuple[int, Batch]]
+    ) -> None:
+        self._drain_trackers()
+        self.view = self.vc_target = message.view
+        self.active = True
+        self._last_new_view = message
+        self._vc_timeout = self.config.view_change_timeout
+        self._cancel_timer(VIEW_CHANGE)
+        self._slots.clear()
+        self._early.clear()
+        self._prepares.clear()
+        self._commits.clear()
+        self._prepare_quorums.clear()
+        self._commit_quorums.clear()
+        self._new_trackers()
+        self._waiting.clear()
+        self._view_changes = {n: v for n, v in self._view_changes.items() if v.new_view > self.view}
+        if base.stable_seq > self.stable_seq:
+            self._make_stable(base.stable_seq, base.checkpoint_proof)
+        signatures = {p.seq: p.signature for p in message.proposals}
+        for seq, batch in items:
+            if seq <= self.state.seq or seq in self._committed:
+                continue
+            derived = derive(batch, self.manifest)
+            slot = Slot(self.view, seq, batch, derived, signatures[seq])
+            self._slots[seq] = slot
+            self._send_prepare(slot)
+        top = items[-1][0] if items else base.stable_seq
+        self.next_seq = max(top, self.state.seq, self.stable_seq) + 1
+        if self.state.seq < base.stable_seq:
+            self.known_top = max(self.known_top, base.stable_seq)
+            self._want_catchup()
+        self._after_new_work()
+
+    # --- catch-up -----------------------------------------------------------------------
+
+    def _catchup_request(self) -> CatchupRequest:
+        return CatchupRequest(self.gid, self.me, self.state.seq + 1).signed(self.key)
+
+    def _want_catchup(self) -> None:
+        """While behind, ask the next peer for committed batches, every catch-up interval."""
+        if self.known_top <= self.state.seq or CATCH_UP in self._running:
+            return
+        self._catchup_peer = (self._catchup_peer + 1) % self.manifest.n
+        if self._catchup_peer == self.me:
+            self._catchup_peer = (self._catchup_peer + 1) % self.manifest.n
+        self._out.append(Send(self._catchup_peer, self._catchup_request()))
+        self._set_timer(CATCH_UP, self.config.catchup_interval)
+
+    def _on_catchup_request(self, message: CatchupRequest) -> None:
+        if message.node >= self.manifest.n or message.node == self.me:
+            return
+        if message.from_seq > self.state.seq + 1:
+            return
+        if not message.verify(self.manifest.node_key(message.node)):
+            return
+        batches = self.ledger.committed(message.from_seq, message.from_seq + L.MAX_CATCHUP_BATCHES)
+        response = CatchupResponse(self.gid, self.me, tuple(batches), self._stable_proof)
+        self._out.append(Send(message.node, response.signed(self.key)))
+
+    def _on_catchup_response(self, message: CatchupResponse) -> None:
+        if message.node >= self.manifest.n:
+            return
+        before = self.state.seq
+        for cb in message.batches:
+            if cb.seq <= self.state.seq:
+                continue
+            if cb.seq != self.state.seq + 1:
+                break
+            derived = proofs.valid_committed(self.manifest, cb)
+            if derived is None:
+                break
+            self._execute_batch(cb, derived)
+        proof = message.checkpoint_proof
+        if proof:
+            seq = proof[0].seq
+            checks = proofs.checkpoint_checks(self.manifest, seq, proof)
+            if seq > self.stable_seq and checks is not None and self._verify(checks):
+                if seq % self.config.checkpoint_interval == 0:
+                    self.known_top = max(self.known_top, seq)
+                    self._make_stable(seq, proof)
+        if self.state.seq > before:
+            self._execute()
+            self._after_progress()
+            if self.known_top > self.state.seq:  # more to fetch from this peer
+                self._out.append(Send(message.node, self._catchup_request()))
+                self._set_timer(CATCH_UP, self.config.catchup_interval)

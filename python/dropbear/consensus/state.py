@@ -1,0 +1,194 @@
+"""The replicated state and the rules a batch must follow (DESIGN.md properties 3 and 4).
+
+:func:`derive` turns a batch into its Merkle leaves without looking at any state, so every
+replica computes the same root. :class:`GroupState` is what the ordered log implies (model
+versions, update counters, each client's replay window, the state digest) and says which
+entries are valid at their point of the order.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from dropbear import _core
+from dropbear.agreement import make_entry
+from dropbear.limits import MAX_CLIENTS, MAX_INFLIGHT_PER_CLIENT
+from dropbear.manifest import Manifest
+from dropbear.wire import (
+    Batch,
+    EntryVote,
+    ModelUpdate,
+    RequestEntry,
+    RequestHeader,
+    UpdateEntry,
+)
+
+
+class BatchError(ValueError):
+    """A batch that no honest primary proposes; the message names the rule broken."""
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A batch's entries and updates, its leaves and root."""
+
+    entries: tuple[RequestEntry, ...]
+    headers: tuple[RequestHeader, ...]
+    updates: tuple[ModelUpdate, ...]
+
+    @cached_property
+    def leaves(self) -> list[bytes]:
+        """Request entries in batch order, then update entries."""
+        return [e.encoded for e in self.entries] + [UpdateEntry(u).encoded for u in self.updates]
+
+    @cached_property
+    def root(self) -> bytes:
+        return _core.merkle_root(self.leaves)
+
+    @property
+    def size(self) -> int:
+        return len(self.leaves)
+
+
+def derive(batch: Batch, manifest: Manifest) -> Derived:
+    """The entries of ``batch``: each request with every vote the batch's VOTES give it.
+
+    Stateless rules: one group; distinct requests; at most one vote per node and request
+    (identical repeats collapse); at least 2f+1 votes per request. Signatures are checked by
+    the caller.
+    """
+    gid = manifest.group_id
+    by_request: dict[bytes, dict[int, EntryVote]] = {}
+    for message in batch.votes:
+        if message.group_id != gid or message.node >= manifest.n:
+            raise BatchError(f"VOTES of node {message.node} is not of this group")
+        for vote in message.votes:
+            votes = by_request.setdefault(vote.request, {})
+            cast = EntryVote(message.node, message.model_version, vote.label, vote.score)
+            if votes.setdefault(message.node, cast) != cast:
+                raise BatchError(f"node {message.node} gives two votes for {vote.request.hex()}")
+    seen: set[bytes] = set()
+    entries = []
+    for header in batch.requests:
+        if header.group_id != gid:
+            raise BatchError(f"request {header.digest.hex()} is of another group")
+        if header.digest in seen:
+            raise BatchError(f"request {header.digest.hex()} ordered twice in one batch")
+        seen.add(header.digest)
+        votes = by_request.get(header.digest, {})
+        if len(votes) < manifest.quorum:
+            raise BatchError(f"request {header.digest.hex()} has {len(votes)} votes")
+        entries.append(make_entry(header, list(votes.values()), manifest.threshold))
+    for update in batch.updates:
+        if update.group_id != gid or update.node >= manifest.n:
+            raise BatchError(f"update of node {update.node} is not of this group")
+    return Derived(tuple(entries), batch.requests, batch.updates)
+
+
+@dataclass
+class ClientWindow:
+    """A client's replay window: ids below ``low`` and those in ``ordered`` are used."""
+
+    low: int = 0
+    ordered: set[int] = field(default_factory=set)
+
+    def fresh(self, request_id: int) -> bool:
+        return request_id >= self.low and request_id not in self.ordered
+
+    def use(self, request_id: int) -> None:
+        self.ordered.add(request_id)
+        if request_id >= self.low + MAX_INFLIGHT_PER_CLIENT:
+            self.low = request_id - MAX_INFLIGHT_PER_CLIENT + 1
+            self.ordered = {i for i in self.ordered if i >= self.low}
+
+    def copy(self) -> ClientWindow:
+        return ClientWindow(self.low, set(self.ordered))
+
+
+@dataclass
+class GroupState:
+    """What the ordered log up to ``seq`` implies; identical on every honest replica."""
+
+    versions: list[bytes]
+    counters: list[int]
+    clients: OrderedDict[bytes, ClientWindow] = field(default_factory=OrderedDict)
+    seq: int = 0
+    digest: bytes = bytes(32)
+
+    @classmethod
+    def genesis(cls, manifest: Manifest) -> GroupState:
+        return cls([n.model_version for n in manifest.nodes], [0] * manifest.n)
+
+    def copy(self) -> GroupState:
+        """A copy to project pending batches onto (client windows copied lazily)."""
+        return GroupState(
+            list(self.versions), list(self.counters), OrderedDict(self.clients), self.seq,
+            self.digest,
+        )  # fmt: skip
+
+    def fresh(self, client: bytes, request_id: int) -> bool:
+        window = self.clients.get(client)
+        return window is None or window.fresh(request_id)
+
+    def entry_problem(self, entry: RequestEntry) -> str | None:
+        """Why ``entry`` may not be ordered next, or None."""
+        if not self.fresh(entry.client, entry.request_id):
+            return f"request id {entry.request_id} of client {entry.client.hex()[:16]} was used"
+        for vote in entry.votes:
+            if vote.model_version != self.versions[vote.node]:
+                return f"vote of node {vote.node} from model {vote.model_version.hex()[:16]}"
+        return None
+
+    def update_problem(self, update: ModelUpdate) -> str | None:
+        if update.counter <= self.counters[update.node]:
+            return f"update counter {update.counter} of node {update.node} was used"
+        return None
+
+    def apply_entry(self, entry: RequestEntry) -> None:
+        window = self.clients.pop(entry.client, None)
+        window = ClientWindow() if window is None else window.copy()
+        window.use(entry.request_id)
+        self.clients[entry.client] = window  # most recently used last
+        while len(self.clients) > MAX_CLIENTS:
+            self.clients.popitem(last=False)
+
+    def apply_update(self, update: ModelUpdate) -> None:
+        self.versions[update.node] = update.model_version
+        self.counters[update.node] = update.counter
+
+    def apply(self, derived: Derived, seq: int, root: bytes) -> tuple[list[int], list[int]]:
+        """Executes batch ``seq``: valid entries and updates take effect, in leaf order.
+
+        Returns the indices of the valid entries and of the valid updates.
+        """
+        valid_entries = []
+        for i, entry in enumerate(derived.entries):
+            if self.entry_problem(entry) is None:
+                self.apply_entry(entry)
+                valid_entries.append(i)
+        valid_updates = []
+        for i, update in enumerate(derived.updates):
+            if self.update_problem(update) is None:
+                self.apply_update(update)
+                valid_updates.append(i)
+        self.seq = seq
+        self.digest = _core.sha256(self.digest + struct.pack(">Q", seq) + root)
+        return valid_entries, valid_updates
+
+    def check(self, derived: Derived) -> str | None:
+        """Why a proposed batch is invalid at this state (strict, for backups), or None."""
+        probe = self.copy()
+        for entry in derived.entries:
+            problem = probe.entry_problem(entry)
+            if problem:
+                return problem
+            probe.apply_entry(entry)
+        for update in derived.updates:
+            problem = probe.update_problem(update)
+            if problem:
+                return problem
+            probe.apply_update(update)
+        return None
