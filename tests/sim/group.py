@@ -23,12 +23,22 @@ def key(label: str) -> _core.SigningKey:
     return _core.SigningKey.from_seed(_core.sha256(label.encode()))
 
 
+def genesis_version(node: int) -> bytes:
+    return _core.sha256(f"genesis model of node {node}".encode())
+
+
 def make_group(n: int = 4, f: int | None = None, threshold: int = 0, name: str = "test") -> Group:
     f = (n - 1) // 3 if f is None else f
     node_keys = tuple(key(f"{name}/node/{i}") for i in range(n))
     owner_keys = tuple(key(f"{name}/owner/{i}") for i in range(n))
     nodes = tuple(
-        NodeInfo(f"127.0.0.1:{7000 + i}", node_keys[i].public_key, owner_keys[i].public_key, "m")
+        NodeInfo(
+            f"127.0.0.1:{7000 + i}",
+            node_keys[i].public_key,
+            owner_keys[i].public_key,
+            f"model-{i}",
+            genesis_version(i),
+        )
         for i in range(n)
     )
     return Group(Manifest(name, f, nodes, threshold), node_keys, owner_keys)

@@ -359,12 +359,14 @@ class Replica:
             else:
                 self._update_progress_timer()
         elif name == VIEW_CHANGE and not self.active:
-            voters = [vc for vc in self._view_changes.values() if vc.new_view == self.vc_target]
+            # 2f+1 nodes want this view or a later one, yet no NEW-VIEW came: try the next.
+            voters = [vc for vc in self._view_changes.values() if vc.new_view >= self.vc_target]
             if len(voters) >= self.manifest.quorum:
                 self._vc_timeout = min(2 * self._vc_timeout, self.config.max_view_change_timeout)
                 self._start_view_change(self.vc_target + 1)
             else:
                 self._send_view_change()
+                self._want_catchup(poll=True)  # we may be stuck because we are behind
         elif name == CATCH_UP:
             self._want_catchup()
 
@@ -1056,9 +1058,10 @@ class Replica:
     def _catchup_request(self) -> CatchupRequest:
         return CatchupRequest(self.gid, self.me, self.state.seq + 1).signed(self.key)
 
-    def _want_catchup(self) -> None:
-        """While behind, ask the next peer for committed batches, every catch-up interval."""
-        if self.known_top <= self.state.seq or CATCH_UP in self._running:
+    def _want_catchup(self, poll: bool = False) -> None:
+        """While behind (or to ``poll`` whether we are), ask the next peer for committed
+        batches, at most once per catch-up interval."""
+        if CATCH_UP in self._running or (self.known_top <= self.state.seq and not poll):
             return
         self._catchup_peer = (self._catchup_peer + 1) % self.manifest.n
         if self._catchup_peer == self.me:
