@@ -164,3 +164,21 @@ def test_votes_equivocation_is_evidence():
         Evidence.of_votes(a, newer).culprit(M)
     with pytest.raises(EvidenceError, match="undecodable"):
         Evidence("votes", b"junk", b"junk").culprit(M)
+
+
+def test_docs_worked_example():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "certificates.md").read_text()
+
+    def block(label):
+        return bytes.fromhex(re.search(label + r":\n```\n([0-9a-f]+)\n```", text).group(1))
+
+    manifest = Manifest.decode(block("manifest"))
+    cert = Certificate.decode(block("certificate"))
+    verify(cert, manifest)
+    assert cert.entry.encoded == block(r"entry \(leaf 0\)")
+    assert cert.statement(0).encoded == block(
+        r"COMMIT statement of node 0 \(view 0, seq 1, size 2\)"
+    )
