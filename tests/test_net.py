@@ -7,6 +7,7 @@ import struct
 import pytest
 import trio
 from dropbear import _core
+from dropbear.limits import NET_MAX_FRAME_BYTES
 from dropbear.net import (
     FramedStream,
     HandshakeFailed,
@@ -129,7 +130,7 @@ async def test_oversized_frame_after_handshake_is_refused() -> None:
         framed = FramedStream(stream)
         await handshake(framed, GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
                         authorize_nodes)
-        await stream.send_all(struct.pack(">I", (4 << 20) + 1))
+        await stream.send_all(struct.pack(">I", NET_MAX_FRAME_BYTES + 1))
         with trio.fail_after(5):
             assert await stream.receive_some(100) in (b"", b"\x00\x00\x00\x00")
         nursery.cancel_scope.cancel()

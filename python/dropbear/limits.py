@@ -37,8 +37,9 @@ INFERENCE_MAX_STAGED_VERSIONS = 2
 """Versions an executor holds warm beside the current one, waiting for a switch."""
 
 # --- network (dropbear.net) ---------------------------------------------------------------
-NET_MAX_FRAME_BYTES = 4 << 20
-"""Bytes of one frame's payload; a larger length prefix closes the connection."""
+NET_MAX_FRAME_BYTES = (32 << 20) + 4096
+"""Bytes of one frame's payload: one wire message (MAX_MESSAGE_BYTES) and some room; a
+larger length prefix closes the connection."""
 NET_PEER_SEND_QUEUE = 1024
 """Frames waiting to be sent to one peer; past it new frames are dropped and counted."""
 NET_MAX_CONNECTIONS = 256
@@ -114,3 +115,25 @@ MAX_FUTURE_MESSAGES = 1024
 """Protocol messages buffered for a sequence number not yet reachable."""
 MAX_EVIDENCE_ITEMS = 1024
 """Evidence items a replica holds until the node exports them."""
+
+# --- node (dropbear.node) -----------------------------------------------------------------
+NODE_INTAKE_QUEUE = 4096
+"""Client requests received and waiting to be handed to the replica in one batch; past it
+the node answers REJECT (busy)."""
+NODE_INTAKE_BATCH = 256
+"""Client requests handed to the replica at once (their signatures are batch-verified)."""
+NODE_MAX_INFERENCE_INFLIGHT = 2048
+"""Requests between "run inference" and their vote; the executor queue never overflows."""
+NODE_RECENT_BATCHES = 1024
+"""Committed batches a node keeps in memory for status and tests (the ledger keeps all)."""
+NODE_MAX_EVIDENCE = 1024
+"""Evidence records a node keeps in memory; older ones are dropped (and were logged)."""
+
+# --- client (dropbear.client) -------------------------------------------------------------
+CLIENT_REQUEST_TIMEOUT_S = 2.0
+"""Seconds a client waits for a certificate before re-sending the request to every node
+(a faulty primary is replaced meanwhile by a view change)."""
+CLIENT_DEADLINE_S = 60.0
+"""Seconds a client keeps trying one request before it gives up."""
+CLIENT_CONTROL_TIMEOUT_S = 30.0
+"""Seconds a client waits for a node's answer to a control frame (status, update)."""

@@ -1,0 +1,260 @@
+"""The Dropbear client: sends a request to every node, returns the first certificate that
+verifies against the manifest, re-sending on timeout. A blocking facade wraps it for
+scripts and notebooks.
+
+    async with Client.connect(manifest, key) as client:
+        result = await client.infer(image)      # result.label, result.certificate
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+
+from dropbear import _core, control, limits
+from dropbear.certificate import CertificateError
+from dropbear.certificate import verify as verify_certificate
+from dropbear.manifest import Manifest
+from dropbear.net import LocalIdentity, PeerIdentity, PeerLink, Role
+from dropbear.node import split_address
+from dropbear.wire import Certificate, Reply, Request, WireError, decode
+
+
+class ClientError(Exception):
+    """A request that could not be certified; the message says why."""
+
+
+class RequestRejected(ClientError):
+    """At least f+1 nodes refused the request (so at least one honest node did)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The group's certified answer to one request."""
+
+    label: int
+    """The agreed label (plurality of the votes, ties to the lowest)."""
+    reached: bool
+    """Whether the agreed label reached the group's agreement threshold q."""
+    votes: dict[int, int]
+    """Each voting node's label."""
+    certificate: Certificate
+    latency_s: float
+
+
+@dataclass
+class _Pending:
+    request: Request
+    done: trio.Event = field(default_factory=trio.Event)
+    certificate: Certificate | None = None
+    rejects: dict[int, str] = field(default_factory=dict)
+
+
+class Client:
+    """A trio client of one model group. Use :meth:`connect`."""
+
+    def __init__(self, manifest: Manifest, key: _core.SigningKey,
+                 request_timeout: float = limits.CLIENT_REQUEST_TIMEOUT_S,
+                 deadline: float = limits.CLIENT_DEADLINE_S) -> None:
+        self.manifest = manifest
+        self.key = key
+        self.request_timeout = request_timeout
+        self.deadline = deadline
+        me = LocalIdentity(key, Role.CLIENT)
+        self.links = [
+            PeerLink(split_address(info.address), manifest.group_id, me, self._authorize,
+                     self._on_frame)
+            for info in manifest.nodes
+        ]
+        self._next_id = time.time_ns() // 1000
+        self._pending: dict[int, _Pending] = {}
+        self._inflight = trio.Semaphore(limits.MAX_INFLIGHT_PER_CLIENT)
+        self._control_waiters: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self.invalid_replies = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, manifest: Manifest, key: _core.SigningKey,
+                      **kwargs: Any) -> AsyncIterator[Client]:
+        client = cls(manifest, key, **kwargs)
+        async with trio.open_nursery() as nursery:
+            for link in client.links:
+                nursery.start_soon(link.run)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _authorize(self, peer: PeerIdentity) -> bool:
+        return (
+            peer.role is Role.NODE
+            and peer.node_id is not None
+            and 0 <= peer.node_id < self.manifest.n
+            and self.manifest.node_key(peer.node_id) == peer.public_key
+        )
+
+    # --- inference ----------------------------------------------------------------------------
+
+    async def infer(self, x: np.ndarray) -> Result:
+        """Certified inference of one model input; raises ClientError when it cannot be had."""
+        x = np.ascontiguousarray(x)
+        async with self._inflight:
+            request_id = self._next_id
+            self._next_id += 1
+            request = Request.create(self.key, self.manifest.group_id, request_id,
+                                     str(x.dtype), x.shape, x.astype(x.dtype.newbyteorder("<"))
+                                     .tobytes())
+            pending = _Pending(request)
+            self._pending[request_id] = pending
+            start = trio.current_time()
+            try:
+                with trio.move_on_after(self.deadline) as scope:
+                    while True:
+                        frame = request.encoded
+                        for link in self.links:
+                            link.send(frame)
+                        with trio.move_on_after(self.request_timeout):
+                            await pending.done.wait()
+                        if pending.done.is_set():
+                            break
+                if scope.cancelled_caught:
+                    raise ClientError(
+                        f"request {request_id} got no certificate within {self.deadline}s "
+                        f"(CLIENT_DEADLINE_S); nodes connected: "
+                        f"{[i for i, link in enumerate(self.links) if link.connected]}")
+            finally:
+                del self._pending[request_id]
+        if pending.certificate is None:
+            reasons = sorted(set(pending.rejects.values()))
+            raise RequestRejected(f"request {request_id} refused by nodes "
+                                  f"{sorted(pending.rejects)}: {'; '.join(reasons)}")
+        entry = pending.certificate.entry
+        return Result(entry.label, entry.reached, {v.node: v.label for v in entry.votes},
+                      pending.certificate, trio.current_time() - start)
+
+    async def _on_frame(self, peer: PeerIdentity, frame: bytes) -> None:
+        if control.is_control(frame):
+            self._on_control(peer, frame)
+            return
+        try:
+            reply = decode(frame)
+        except WireError:
+            self.invalid_replies += 1
+            return
+        if not isinstance(reply, Reply) or reply.node != peer.node_id:
+            self.invalid_replies += 1
+            return
+        cert = reply.certificate
+        pending = self._pending.get(cert.entry.request_id)
+        if (pending is None or pending.done.is_set()
+                or cert.entry.request != pending.request.digest
+                or cert.entry.client != self.key.public_key):
+            return
+        try:
+            verify_certificate(cert, self.manifest)
+        except CertificateError:
+            self.invalid_replies += 1
+            return
+        pending.certificate = cert
+        pending.done.set()
+
+    def _on_control(self, peer: PeerIdentity, frame: bytes) -> None:
+        try:
+            kind, body = control.decode(frame)
+        except control.ControlError:
+            self.invalid_replies += 1
+            return
+        node = peer.node_id
+        if kind is control.Control.REJECT:
+            pending = self._pending.get(body.get("request_id"))
+            if pending is not None and node is not None:
+                pending.rejects[node] = str(body.get("reason"))
+                if len(pending.rejects) >= self.manifest.f + 1:
+                    pending.done.set()
+        elif kind in (control.Control.STATUS, control.Control.ACK) and node is not None:
+            waiter = self._control_waiters.get(node)
+            if waiter is not None:
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    waiter.send_nowait(body)
+
+    # --- control ------------------------------------------------------------------------------
+
+    async def control(self, node: int, kind: control.Control, body: dict[str, Any],
+                      timeout: float = limits.CLIENT_CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """Sends a control frame to ``node`` and returns its answer (STATUS or ACK)."""
+        if node in self._control_waiters:
+            raise ClientError(f"a control exchange with node {node} is already running")
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._control_waiters[node] = send
+        try:
+            with trio.fail_after(timeout):
+                self.links[node].send(control.encode(kind, body))
+                return await receive.receive()
+        except trio.TooSlowError:
+            raise ClientError(f"node {node} did not answer {kind.name} within {timeout}s "
+                              f"(connected: {self.links[node].connected})") from None
+        finally:
+            del self._control_waiters[node]
+
+    async def status(self, node: int, timeout: float = 5.0) -> dict[str, Any]:
+        return await self.control(node, control.Control.STATUS_QUERY, {}, timeout)
+
+
+class BlockingClient:
+    """The client for scripts and notebooks: the same calls, without async.
+
+    Runs a trio event loop in a background thread; use as a context manager or ``close()``.
+    """
+
+    def __init__(self, manifest: Manifest, key: _core.SigningKey, **kwargs: Any) -> None:
+        ready: queue.Queue[Any] = queue.Queue()
+        self._stop: trio.Event | None = None
+
+        async def main() -> None:
+            async with Client.connect(manifest, key, **kwargs) as client:
+                self._client = client
+                self._stop = trio.Event()
+                ready.put(trio.lowlevel.current_trio_token())
+                await self._stop.wait()
+
+        def thread() -> None:
+            try:
+                trio.run(main)
+            except BaseException as error:  # surfaced to the caller below
+                ready.put(error)
+
+        self._thread = threading.Thread(target=thread, name="dropbear-client", daemon=True)
+        self._thread.start()
+        token = ready.get()
+        if isinstance(token, BaseException):
+            raise token
+        self._token = token
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def infer(self, x: np.ndarray) -> Result:
+        return self._call(self._client.infer, x)
+
+    def status(self, node: int) -> dict[str, Any]:
+        return self._call(self._client.status, node)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            self._thread.join()
+            self._stop = None
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

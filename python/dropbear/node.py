@@ -1,0 +1,428 @@
+"""One replica process: net + consensus + the batched executor, wired with trio.
+
+The :class:`~dropbear.consensus.Replica` decides everything; this shell feeds it events
+(frames from peers and clients, timers, inference results) and carries out its actions
+(send, broadcast, timers, run inference, reply). Inference runs as requests arrive, in the
+executor's own batches; the replica forms ordering batches independently. Committed batches
+go to the replica's :class:`~dropbear.consensus.Ledger` (in memory here; the durable SQLite
+ledger plugs into the same seam).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dropbear import _core, control, limits
+from dropbear.consensus import (
+    Action,
+    ActivateModel,
+    Broadcast,
+    CancelTimer,
+    ClientRequest,
+    Deliver,
+    Ledger,
+    LocalVotes,
+    ModelUpdateReady,
+    Receive,
+    RecordEvidence,
+    Replica,
+    ReplicaConfig,
+    Reply,
+    RequestInference,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+from dropbear.inference import (
+    BadInput,
+    Executor,
+    InferenceError,
+    ModelRepository,
+    decode_input,
+)
+from dropbear.manifest import Manifest
+from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role
+from dropbear.wire import ModelUpdate, Request, Vote, WireError, decode
+from dropbear.wire import Reply as ReplyMessage
+
+log = logging.getLogger("dropbear.node")
+
+
+class Fault(StrEnum):
+    """Byzantine behaviours a node can be told to play (demos and tests only)."""
+
+    NONE = "none"
+    FLIP_LABELS = "flip-labels"
+    """Vote label + 1 (mod classes) for every request: a wrong but well-signed model."""
+
+
+@dataclass
+class NodeSettings:
+    """How a node runs; every field has a default a user rarely changes."""
+
+    models_dir: Path = Path("models")
+    max_batch_size: int = 32
+    max_queue_delay: float = 0.002
+    listen_host: str | None = None
+    """Defaults to the host of the node's manifest address."""
+    fault_injection: bool = False
+    """Accept FAULT control frames (demos and tests); off in production."""
+    fault: Fault = Fault.NONE
+    link_delay: dict[int, float] = field(default_factory=dict)
+    """Seconds to hold frames to each peer: simulated distance between sites."""
+    replica: ReplicaConfig | None = None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+class Node:
+    """One replica of a model group, serving on the manifest's address."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        node_id: int,
+        key: _core.SigningKey,
+        executor: Executor,
+        repository: ModelRepository,
+        settings: NodeSettings | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.node_id = node_id
+        self.key = key
+        self.executor = executor
+        self.repository = repository
+        self.settings = settings or NodeSettings()
+        self.fault = self.settings.fault
+        self.replica = Replica(manifest, node_id, key, ledger, self.settings.replica)
+        me = LocalIdentity(key, Role.NODE, node_id)
+        self.listener = Listener(manifest.group_id, me, self._authorize, self._on_frame,
+                                 log=log.debug)
+        self.links = {
+            peer: PeerLink(
+                split_address(info.address),
+                manifest.group_id,
+                me,
+                self._authorize,
+                self._on_frame,
+                delay_s=self.settings.link_delay.get(peer, 0.0),
+                log=log.debug,
+            )
+            for peer, info in enumerate(manifest.nodes)
+            if peer != node_id
+        }
+        self._intake_send, self._intake_receive = trio.open_memory_channel[Request](
+            limits.NODE_INTAKE_QUEUE
+        )
+        self._inference_slots = trio.Semaphore(
+            min(limits.NODE_MAX_INFERENCE_INFLIGHT, executor.max_queue_length)
+        )
+        self._timers: dict[str, float] = {}
+        self._timers_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
+        self.evidence: deque[RecordEvidence] = deque(maxlen=limits.NODE_MAX_EVIDENCE)
+        self.replies_sent = 0
+        self.rejected = 0
+
+    @classmethod
+    async def load(
+        cls,
+        manifest: Manifest,
+        node_id: int,
+        key: _core.SigningKey,
+        settings: NodeSettings | None = None,
+        ledger: Ledger | None = None,
+    ) -> Node:
+        """Loads the node's model (the manifest's genesis version), compiles it, builds the node."""
+        settings = settings or NodeSettings()
+        if not 0 <= node_id < manifest.n:
+            raise ValueError(f"node id {node_id} is not in 0..{manifest.n - 1}")
+        if key.public_key != manifest.node_key(node_id):
+            raise ValueError(f"this key is not node {node_id}'s key in manifest {manifest.name!r}")
+        info = manifest.nodes[node_id]
+        repository = ModelRepository(settings.models_dir)
+        model = await trio.to_thread.run_sync(
+            repository.load, info.model, info.model_version.hex()
+        )
+        executor = await trio.to_thread.run_sync(
+            lambda: Executor(
+                model,
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay=settings.max_queue_delay,
+            )
+        )
+        return cls(manifest, node_id, key, executor, repository, settings, ledger)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves until cancelled; ``task_status.started`` gets the listening port."""
+        host, port = split_address(self.manifest.nodes[self.node_id].address)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.executor.start(nursery)
+            port = await nursery.start(
+                self.listener.serve, self.settings.listen_host or host, port
+            )
+            for link in self.links.values():
+                nursery.start_soon(link.run)
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._intake_loop)
+            self._apply(self.replica.start())
+            log.info("node %d serving on %s:%d (model %s, version %s)", self.node_id, host, port,
+                     self.executor.config.name, self.executor.version.short())
+            task_status.started(port)
+
+    def _authorize(self, peer: PeerIdentity) -> bool:
+        if peer.role is Role.CLIENT:
+            return True
+        return (
+            peer.node_id is not None
+            and 0 <= peer.node_id < self.manifest.n
+            and peer.node_id != self.node_id
+            and self.manifest.node_key(peer.node_id) == peer.public_key
+        )
+
+    # --- events in ---------------------------------------------------------------------------
+
+    async def _on_frame(self, peer: PeerIdentity, frame: bytes) -> None:
+        if control.is_control(frame):
+            await self._on_control(peer, frame)
+        elif peer.role is Role.NODE:
+            self._handle(Receive(peer.node_id, frame))
+        else:
+            self._on_client_frame(peer, frame)
+
+    def _on_client_frame(self, peer: PeerIdentity, frame: bytes) -> None:
+        try:
+            message = decode(frame)
+        except WireError as error:
+            self._reject(peer, None, f"undecodable message: {error}")
+            return
+        if not isinstance(message, Request):
+            self._reject(peer, None, f"clients may only send REQUEST, not {message.KIND.name}")
+            return
+        head = message.header
+        if head.client != peer.public_key:
+            self._reject(peer, head.request_id, "request signed for another client key than "
+                                                "the connection's")
+            return
+        if head.group_id != self.manifest.group_id:
+            self._reject(peer, head.request_id,
+                         f"request is for group {head.group_id.hex()[:16]}, this node serves "
+                         f"{self.manifest.group_id.hex()[:16]}")
+            return
+        try:
+            decode_input(self.executor.config, head.dtype, head.shape, message.data)
+        except BadInput as error:
+            self._reject(peer, head.request_id, str(error))
+            return
+        try:
+            self._intake_send.send_nowait(message)
+        except trio.WouldBlock:
+            self._reject(peer, head.request_id,
+                         f"node busy: {limits.NODE_INTAKE_QUEUE} requests waiting "
+                         "(NODE_INTAKE_QUEUE)")
+
+    def _reject(self, peer: PeerIdentity, request_id: int | None, reason: str) -> None:
+        self.rejected += 1
+        log.info("refused a request from %s: %s", peer, reason)
+        self.listener.send_to(
+            peer.public_key,
+            control.encode(control.Control.REJECT, {"request_id": request_id, "reason": reason,
+                                                   "node": self.node_id}),
+        )
+
+    async def _intake_loop(self) -> None:
+        """Hands client requests to the replica in batches (one batch signature check)."""
+        while True:
+            batch = [await self._intake_receive.receive()]
+            while len(batch) < limits.NODE_INTAKE_BATCH:
+                try:
+                    batch.append(self._intake_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self._handle(ClientRequest(tuple(batch)))
+            await trio.sleep(0)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            due = sorted((deadline, name) for name, deadline in self._timers.items()
+                         if deadline <= now)
+            for _, name in due:
+                del self._timers[name]
+                self._handle(TimerFired(name))
+            next_deadline = min(self._timers.values(), default=float("inf"))
+            self._timers_changed = trio.Event()
+            with trio.move_on_at(next_deadline):
+                await self._timers_changed.wait()
+
+    # --- actions out --------------------------------------------------------------------------
+
+    def _handle(self, event: Any) -> None:
+        self._apply(self.replica.handle(event))
+
+    def _apply(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(to, message):
+                    if to in self.links:
+                        self.links[to].send(message.encoded)
+                case Broadcast(message):
+                    frame = message.encoded
+                    for link in self.links.values():
+                        link.send(frame)
+                case SetTimer(name, delay):
+                    self._timers[name] = trio.current_time() + delay
+                    self._timers_changed.set()
+                case CancelTimer(name):
+                    self._timers.pop(name, None)
+                case RequestInference():
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._infer, action)
+                case ActivateModel(version):
+                    self._activate(version)
+                case Deliver():
+                    self.delivered.append(action)
+                case Reply(client, certificate):
+                    reply = ReplyMessage(self.manifest.group_id, self.node_id, certificate)
+                    if self.listener.send_to(client, reply.signed(self.key).encoded):
+                        self.replies_sent += 1
+                case RecordEvidence(evidence):
+                    self.evidence.append(action)
+                    log.warning("evidence of misbehaviour: %s", evidence)
+                case _:
+                    raise TypeError(f"unknown action {action!r}")
+
+    async def _infer(self, action: RequestInference) -> None:
+        """Runs the model on the requests (in the executor's batches) and votes."""
+        config = self.executor.config
+        votes: dict[str, list[Vote]] = {}
+
+        async def one(request: Request) -> None:
+            head = request.header
+            async with self._inference_slots:
+                try:
+                    x = decode_input(config, head.dtype, head.shape, request.data)
+                    prediction = await self.executor.submit(x)
+                except InferenceError as error:
+                    log.info("no vote for request %s: %s", request.digest.hex()[:12], error)
+                    return
+            label = prediction.class_index
+            if self.fault is Fault.FLIP_LABELS:
+                label = (label + 1) % config.num_classes
+            votes.setdefault(prediction.model_version, []).append(
+                Vote(request.digest, label, prediction.probability)
+            )
+
+        async with trio.open_nursery() as nursery:
+            for request in action.requests:
+                nursery.start_soon(one, request)
+        for version, chunk in votes.items():
+            self._handle(LocalVotes(bytes.fromhex(version), tuple(chunk)))
+
+    def _activate(self, version: bytes) -> None:
+        try:
+            previous = self.executor.switch(version.hex())
+        except InferenceError as error:
+            log.error("ordered model version %s is not staged here: %s", version.hex()[:12],
+                      error)
+            return
+        log.info("switched model %s -> %s", previous[:12], version.hex()[:12])
+
+    # --- control ----------------------------------------------------------------------------
+
+    async def _on_control(self, peer: PeerIdentity, frame: bytes) -> None:
+        try:
+            kind, body = control.decode(frame)
+        except control.ControlError as error:
+            self._ack(peer, False, str(error))
+            return
+        match kind:
+            case control.Control.STATUS_QUERY:
+                self.listener.send_to(peer.public_key,
+                                      control.encode(control.Control.STATUS, self.status()))
+            case control.Control.UPDATE:
+                ok, message = await self._stage_update(body)
+                self._ack(peer, ok, message)
+            case control.Control.FAULT if self.settings.fault_injection:
+                try:
+                    self.fault = Fault(body.get("mode", "none"))
+                except ValueError:
+                    self._ack(peer, False, f"unknown fault {body.get('mode')!r}; "
+                                           f"one of {[f.value for f in Fault]}")
+                    return
+                log.warning("node %d now plays fault %r", self.node_id, self.fault.value)
+                self._ack(peer, True, f"node {self.node_id} plays {self.fault.value}")
+            case _:
+                self._ack(peer, False, f"control {kind.name} is not accepted by this node")
+
+    def _ack(self, peer: PeerIdentity, ok: bool, message: str) -> None:
+        self.listener.send_to(peer.public_key, control.encode(
+            control.Control.ACK, {"ok": ok, "message": message, "node": self.node_id}))
+
+    async def _stage_update(self, body: dict[str, Any]) -> tuple[bool, str]:
+        """Checks an owner-signed MODEL-UPDATE, loads and warms its weights, submits it."""
+        try:
+            update = decode(bytes.fromhex(str(body.get("update", ""))))
+        except (ValueError, WireError) as error:
+            return False, f"update is not an encoded MODEL-UPDATE: {error}"
+        if not isinstance(update, ModelUpdate) or update.node != self.node_id:
+            return False, f"update is not a MODEL-UPDATE for node {self.node_id}"
+        if not update.verify(self.manifest.owner_key(self.node_id)):
+            return False, f"update is not signed by node {self.node_id}'s owner key"
+        name = str(body.get("model", self.executor.config.name))
+        try:
+            model = await trio.to_thread.run_sync(
+                self.repository.load, name, update.model_version.hex()
+            )
+            await self.executor.stage(model)
+        except (InferenceError, ValueError, OSError) as error:
+            return False, f"cannot load model {name!r} version {update.model_version.hex()}: " \
+                          f"{error}"
+        self._handle(ModelUpdateReady(update))
+        return True, (f"node {self.node_id}: version {update.model_version.hex()[:12]} of "
+                      f"{name!r} is warm; it serves from the update's place in the order")
+
+    def status(self) -> dict[str, Any]:
+        replica = self.replica
+        return {
+            "node": self.node_id,
+            "view": replica.view,
+            "primary": replica.primary,
+            "view_active": replica.active,
+            "executed_seq": replica.executed,
+            "stable_seq": replica.stable_seq,
+            "model": self.executor.config.name,
+            "model_version": str(self.executor.version),
+            "fault": self.fault.value,
+            "queues": {
+                "intake": self._intake_send.statistics().current_buffer_used,
+                "inference_inflight": (
+                    min(limits.NODE_MAX_INFERENCE_INFLIGHT, self.executor.max_queue_length)
+                    - self._inference_slots.value
+                ),
+                "pending_requests": len(replica._requests),
+                "peer_outboxes": {str(p): link.outbox.depth() for p, link in self.links.items()},
+            },
+            "peers_connected": sorted(p for p, link in self.links.items() if link.connected),
+            "inference": {"batches": self.executor.stats.batches,
+                          "inputs": self.executor.stats.inputs},
+            "replies_sent": self.replies_sent,
+            "rejected": self.rejected,
+            "evidence": len(self.evidence),
+        }
