@@ -33,7 +33,7 @@ def authorize_nodes(peer: PeerIdentity) -> bool:
 
 
 async def start_listener(nursery, received: list) -> tuple[Listener, int]:
-    async def on_frame(peer, payload):
+    async def on_frame(peer, payload, sender):
         received.append((peer, payload))
 
     listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
@@ -64,7 +64,7 @@ async def test_impostor_node_is_refused() -> None:
     log: list[str] = []
     impostor = _core.SigningKey.generate()
 
-    async def on_frame(peer, payload):
+    async def on_frame(peer, payload, sender):
         received.append(payload)
 
     async with trio.open_nursery() as nursery:
@@ -139,7 +139,7 @@ async def test_oversized_frame_after_handshake_is_refused() -> None:
 async def test_link_reconnects_after_listener_restart() -> None:
     received: list = []
 
-    async def on_frame(peer, payload):
+    async def on_frame(peer, payload, sender):
         received.append(payload)
 
     me = LocalIdentity(NODE_KEYS[0], Role.NODE, 0)

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import dropbear.cli_group  # noqa: F401 - registers init, up, node, infer, verify, ...
+
     args = build_parser().parse_args(argv)
     return SUBCOMMANDS[args.command].run(args)
 
@@ -176,4 +178,6 @@ def train(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dropbear.cli import main as registered_main  # the registry of the importable module
+
+    sys.exit(registered_main())

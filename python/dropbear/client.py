@@ -23,7 +23,7 @@ from dropbear import _core, control, limits
 from dropbear.certificate import CertificateError
 from dropbear.certificate import verify as verify_certificate
 from dropbear.manifest import Manifest
-from dropbear.net import LocalIdentity, PeerIdentity, PeerLink, Role
+from dropbear.net import LocalIdentity, PeerIdentity, PeerLink, Role, Sender
 from dropbear.node import split_address
 from dropbear.wire import Certificate, Reply, Request, WireError, decode
 
@@ -140,7 +140,7 @@ class Client:
         return Result(entry.label, entry.reached, {v.node: v.label for v in entry.votes},
                       pending.certificate, trio.current_time() - start)
 
-    async def _on_frame(self, peer: PeerIdentity, frame: bytes) -> None:
+    async def _on_frame(self, peer: PeerIdentity, frame: bytes, sender: Sender) -> None:
         if control.is_control(frame):
             self._on_control(peer, frame)
             return

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol
 
 import trio
 
@@ -82,7 +83,14 @@ class LocalIdentity:
 Authorize = Callable[[PeerIdentity], bool]
 """Decides whether a peer that claims an identity may connect (before its proof is checked)."""
 
-FrameHandler = Callable[[PeerIdentity, bytes], Awaitable[None]]
+class Sender(Protocol):
+    """Where answers to a frame go: the connection (or link) it came on."""
+
+    def send(self, payload: bytes) -> bool: ...
+
+
+FrameHandler = Callable[[PeerIdentity, bytes, Sender], Awaitable[None]]
+"""Called with each frame's sender, payload, and the connection to answer on."""
 
 
 class FramedStream:
@@ -207,11 +215,13 @@ async def _pump(framed: FramedStream, outbox: Outbox, delay_s: float = 0.0) -> N
         await framed.send(payload)
 
 
-async def _read(framed: FramedStream, peer: PeerIdentity, on_frame: FrameHandler) -> None:
+async def _read(
+    framed: FramedStream, peer: PeerIdentity, on_frame: FrameHandler, sender: Sender
+) -> None:
     while True:
         payload = await framed.receive()
         if payload:
-            await on_frame(peer, payload)
+            await on_frame(peer, payload, sender)
 
 
 CONNECTION_ERRORS = (
@@ -229,6 +239,7 @@ async def run_connection(
     peer: PeerIdentity,
     outbox: Outbox,
     on_frame: FrameHandler,
+    sender: Sender,
     delay_s: float = 0.0,
 ) -> None:
     """Reads and writes one authenticated connection until either side fails; re-raises
@@ -244,7 +255,7 @@ async def run_connection(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_error, _pump, framed, outbox, delay_s)
-        nursery.start_soon(until_error, _read, framed, peer, on_frame)
+        nursery.start_soon(until_error, _read, framed, peer, on_frame, sender)
     if errors:
         raise errors[0]
 
@@ -298,7 +309,7 @@ class PeerLink:
                     self.peer = await handshake(framed, self.group_id, self.me, self.authorize)
                     self.connected = True
                     backoff = NET_RECONNECT_BACKOFF_MIN_S
-                    await run_connection(framed, self.peer, self.outbox, self.on_frame,
+                    await run_connection(framed, self.peer, self.outbox, self.on_frame, self,
                                          self.delay_s)
                 except CONNECTION_ERRORS as e:
                     self._log(f"link to {self.address[0]}:{self.address[1]}: {e}")
@@ -337,17 +348,17 @@ class Listener:
         self.authorize = authorize
         self.on_frame = on_frame
         self.max_connections = max_connections
-        self.connections: dict[PeerIdentity, InboundConnection] = {}
+        self.connections: dict[bytes, list[InboundConnection]] = {}
+        """Open connections by the peer's public key, oldest first."""
         self.refused = 0
         self._open = 0
         self._log = log or (lambda _msg: None)
 
     def send_to(self, peer_key: bytes, payload: bytes) -> bool:
-        """Queues a frame for the connected peer with this public key (e.g. a client)."""
-        for peer, conn in self.connections.items():
-            if peer.public_key == peer_key:
-                return conn.send(payload)
-        return False
+        """Queues a frame for the peer with this public key (e.g. a client), on its newest
+        connection; False when it has none."""
+        conns = self.connections.get(peer_key)
+        return bool(conns) and conns[-1].send(payload)
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -366,14 +377,17 @@ class Listener:
                 framed = FramedStream(stream)
                 peer = await handshake(framed, self.group_id, self.me, self.authorize)
                 conn = InboundConnection(peer)
-                self.connections[peer] = conn
-                await run_connection(framed, peer, conn.outbox, self.on_frame)
+                self.connections.setdefault(peer.public_key, []).append(conn)
+                await run_connection(framed, peer, conn.outbox, self.on_frame, conn)
             except CONNECTION_ERRORS as e:
                 self._log(f"connection from {peer or 'unauthenticated peer'}: {e}")
             finally:
                 self._open -= 1
-                if peer is not None and conn is not None and self.connections.get(peer) is conn:
-                    del self.connections[peer]
+                if conn is not None:
+                    conns = self.connections[conn.peer.public_key]
+                    conns.remove(conn)
+                    if not conns:
+                        del self.connections[conn.peer.public_key]
 
 
 __all__ = [
@@ -391,6 +405,7 @@ __all__ = [
     "PeerIdentity",
     "PeerLink",
     "Role",
+    "Sender",
     "handshake",
     "run_connection",
 ]

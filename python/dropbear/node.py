@@ -49,7 +49,7 @@ from dropbear.inference import (
     decode_input,
 )
 from dropbear.manifest import Manifest
-from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role
+from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
 from dropbear.wire import ModelUpdate, Request, Vote, WireError, decode
 from dropbear.wire import Reply as ReplyMessage
 
@@ -198,50 +198,51 @@ class Node:
 
     # --- events in ---------------------------------------------------------------------------
 
-    async def _on_frame(self, peer: PeerIdentity, frame: bytes) -> None:
+    async def _on_frame(self, peer: PeerIdentity, frame: bytes, sender: Sender) -> None:
         if control.is_control(frame):
-            await self._on_control(peer, frame)
+            await self._on_control(peer, frame, sender)
         elif peer.role is Role.NODE:
             self._handle(Receive(peer.node_id, frame))
         else:
-            self._on_client_frame(peer, frame)
+            self._on_client_frame(peer, frame, sender)
 
-    def _on_client_frame(self, peer: PeerIdentity, frame: bytes) -> None:
+    def _on_client_frame(self, peer: PeerIdentity, frame: bytes, sender: Sender) -> None:
         try:
             message = decode(frame)
         except WireError as error:
-            self._reject(peer, None, f"undecodable message: {error}")
+            self._reject(peer, sender, None, f"undecodable message: {error}")
             return
         if not isinstance(message, Request):
-            self._reject(peer, None, f"clients may only send REQUEST, not {message.KIND.name}")
+            self._reject(peer, sender, None,
+                         f"clients may only send REQUEST, not {message.KIND.name}")
             return
         head = message.header
         if head.client != peer.public_key:
-            self._reject(peer, head.request_id, "request signed for another client key than "
-                                                "the connection's")
+            self._reject(peer, sender, head.request_id,
+                         "request signed for another client key than the connection's")
             return
         if head.group_id != self.manifest.group_id:
-            self._reject(peer, head.request_id,
+            self._reject(peer, sender, head.request_id,
                          f"request is for group {head.group_id.hex()[:16]}, this node serves "
                          f"{self.manifest.group_id.hex()[:16]}")
             return
         try:
             decode_input(self.executor.config, head.dtype, head.shape, message.data)
         except BadInput as error:
-            self._reject(peer, head.request_id, str(error))
+            self._reject(peer, sender, head.request_id, str(error))
             return
         try:
             self._intake_send.send_nowait(message)
         except trio.WouldBlock:
-            self._reject(peer, head.request_id,
+            self._reject(peer, sender, head.request_id,
                          f"node busy: {limits.NODE_INTAKE_QUEUE} requests waiting "
                          "(NODE_INTAKE_QUEUE)")
 
-    def _reject(self, peer: PeerIdentity, request_id: int | None, reason: str) -> None:
+    def _reject(self, peer: PeerIdentity, sender: Sender, request_id: int | None,
+                reason: str) -> None:
         self.rejected += 1
         log.info("refused a request from %s: %s", peer, reason)
-        self.listener.send_to(
-            peer.public_key,
+        sender.send(
             control.encode(control.Control.REJECT, {"request_id": request_id, "reason": reason,
                                                    "node": self.node_id}),
         )
@@ -346,33 +347,32 @@ class Node:
 
     # --- control ----------------------------------------------------------------------------
 
-    async def _on_control(self, peer: PeerIdentity, frame: bytes) -> None:
+    async def _on_control(self, peer: PeerIdentity, frame: bytes, sender: Sender) -> None:
         try:
             kind, body = control.decode(frame)
         except control.ControlError as error:
-            self._ack(peer, False, str(error))
+            self._ack(sender, False, str(error))
             return
         match kind:
             case control.Control.STATUS_QUERY:
-                self.listener.send_to(peer.public_key,
-                                      control.encode(control.Control.STATUS, self.status()))
+                sender.send(control.encode(control.Control.STATUS, self.status()))
             case control.Control.UPDATE:
                 ok, message = await self._stage_update(body)
-                self._ack(peer, ok, message)
+                self._ack(sender, ok, message)
             case control.Control.FAULT if self.settings.fault_injection:
                 try:
                     self.fault = Fault(body.get("mode", "none"))
                 except ValueError:
-                    self._ack(peer, False, f"unknown fault {body.get('mode')!r}; "
+                    self._ack(sender, False, f"unknown fault {body.get('mode')!r}; "
                                            f"one of {[f.value for f in Fault]}")
                     return
                 log.warning("node %d now plays fault %r", self.node_id, self.fault.value)
-                self._ack(peer, True, f"node {self.node_id} plays {self.fault.value}")
+                self._ack(sender, True, f"node {self.node_id} plays {self.fault.value}")
             case _:
-                self._ack(peer, False, f"control {kind.name} is not accepted by this node")
+                self._ack(sender, False, f"control {kind.name} is not accepted by this node")
 
-    def _ack(self, peer: PeerIdentity, ok: bool, message: str) -> None:
-        self.listener.send_to(peer.public_key, control.encode(
+    def _ack(self, sender: Sender, ok: bool, message: str) -> None:
+        sender.send(control.encode(
             control.Control.ACK, {"ok": ok, "message": message, "node": self.node_id}))
 
     async def _stage_update(self, body: dict[str, Any]) -> tuple[bool, str]:
