@@ -5,7 +5,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--seeds",
         type=int,
-        default=240,
+        default=200,
         help="number of seeded simulator schedules (tests/sim); raise it for soak runs",
     )
     parser.addoption(

@@ -361,6 +361,7 @@ class Replica:
             self._propose()
         elif name == PROGRESS:
             if self.active and self.primary != self.me and self._has_orderable():
+                self._want_catchup(poll=True)  # perhaps we missed the batches, not the primary
                 self._start_view_change(self.view + 1)
             else:
                 self._update_progress_timer()
@@ -381,6 +382,7 @@ class Replica:
     def _on_client_requests(self, requests: list[Request]) -> None:
         candidates: list[Request] = []
         seen: set[bytes] = set()
+        retransmitted = False
         for request in requests:
             head = request.header
             digest = head.digest
@@ -391,6 +393,7 @@ class Replica:
                 mine = self._my_votes.get(digest)
                 if mine is not None:
                     self._broadcast(mine)
+                retransmitted = True
                 continue
             cached = self._replies.get((head.client, head.request_id))
             if cached is not None and cached.entry.request == digest:
@@ -413,6 +416,7 @@ class Replica:
             self._by_client.setdefault(request.header.client, set()).add(request.digest)
         if accepted:
             self._out.append(RequestInference(accepted, self.state.versions[self.me]))
+        if accepted or retransmitted:
             self._after_new_work()
 
     def _on_local_votes(self, version: bytes, votes: list) -> None:
