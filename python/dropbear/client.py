@@ -76,7 +76,7 @@ class Client:
         ]
         self._next_id = time.time_ns() // 1000
         self._pending: dict[int, _Pending] = {}
-        self._inflight = trio.Semaphore(limits.MAX_INFLIGHT_PER_CLIENT)
+        self._slot_freed = trio.Event()
         self._control_waiters: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.invalid_replies = 0
 
@@ -106,32 +106,38 @@ class Client:
     async def infer(self, x: np.ndarray) -> Result:
         """Certified inference of one model input; raises ClientError when it cannot be had."""
         x = np.ascontiguousarray(x)
-        async with self._inflight:
-            request_id = self._next_id
-            self._next_id += 1
-            request = Request.create(self.key, self.manifest.group_id, request_id,
-                                     str(x.dtype), x.shape, x.astype(x.dtype.newbyteorder("<"))
-                                     .tobytes())
-            pending = _Pending(request)
-            self._pending[request_id] = pending
-            start = trio.current_time()
-            try:
-                with trio.move_on_after(self.deadline) as scope:
-                    while True:
-                        frame = request.encoded
-                        for link in self.links:
-                            link.send(frame)
-                        with trio.move_on_after(self.request_timeout):
-                            await pending.done.wait()
-                        if pending.done.is_set():
-                            break
-                if scope.cancelled_caught:
-                    raise ClientError(
-                        f"request {request_id} got no certificate within {self.deadline}s "
-                        f"(CLIENT_DEADLINE_S); nodes connected: "
-                        f"{[i for i, link in enumerate(self.links) if link.connected]}")
-            finally:
-                del self._pending[request_id]
+        # Nodes accept a client's request ids within a window of MAX_INFLIGHT_PER_CLIENT
+        # above the oldest unordered one: never run ahead of the oldest pending request.
+        while (self._pending
+               and self._next_id - min(self._pending) >= limits.MAX_INFLIGHT_PER_CLIENT):
+            await self._slot_freed.wait()
+        request_id = self._next_id
+        self._next_id += 1
+        request = Request.create(self.key, self.manifest.group_id, request_id,
+                                 str(x.dtype), x.shape, x.astype(x.dtype.newbyteorder("<"))
+                                 .tobytes())
+        pending = _Pending(request)
+        self._pending[request_id] = pending
+        start = trio.current_time()
+        try:
+            with trio.move_on_after(self.deadline) as scope:
+                while True:
+                    frame = request.encoded
+                    for link in self.links:
+                        link.send(frame)
+                    with trio.move_on_after(self.request_timeout):
+                        await pending.done.wait()
+                    if pending.done.is_set():
+                        break
+            if scope.cancelled_caught:
+                raise ClientError(
+                    f"request {request_id} got no certificate within {self.deadline}s "
+                    f"(CLIENT_DEADLINE_S); nodes connected: "
+                    f"{[i for i, link in enumerate(self.links) if link.connected]}")
+        finally:
+            del self._pending[request_id]
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
         if pending.certificate is None:
             reasons = sorted(set(pending.rejects.values()))
             raise RequestRejected(f"request {request_id} refused by nodes "
