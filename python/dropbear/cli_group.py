@@ -104,6 +104,14 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept FAULT control frames (demos and tests only)")
     parser.add_argument("--fault", choices=[f.value for f in Fault], default="none",
                         help="Byzantine behaviour to play from the start (demos and tests)")
+    parser.add_argument("--null-model", action="store_true",
+                        help="answer at once without running the model (benchmarks of "
+                             "ordering alone; votes are SHA-256(input) mod classes)")
+    parser.add_argument("--site-delay", type=float, default=0.0,
+                        help="seconds to hold each frame to a node at another site "
+                             "(benchmarks: simulated wide-area distance)")
+    parser.add_argument("--sites", type=int, default=3,
+                        help="with --site-delay: node K is at site K mod SITES (default 3)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when the launching process goes away (set by `dropbear up`)")
@@ -122,7 +130,10 @@ def node(args: argparse.Namespace) -> int:
         return _fail(str(error))
     settings = NodeSettings(models_dir=args.models_dir, max_batch_size=args.max_batch_size,
                             max_queue_delay=args.max_queue_delay,
-                            fault_injection=args.fault_injection, fault=Fault(args.fault))
+                            fault_injection=args.fault_injection, fault=Fault(args.fault),
+                            null_model=args.null_model,
+                            link_delay=_site_delays(manifest.n, args.id, args.site_delay,
+                                                    args.sites))
 
     async def main() -> None:
         replica_node = await Node.load(manifest, args.id, key, settings)
@@ -141,6 +152,13 @@ def node(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         return _fail(f"node {args.id}: {error}")
     return 0
+
+
+def _site_delays(n: int, me: int, delay: float, sites: int) -> dict[int, float]:
+    """``delay`` to every node at another site than ``me`` (node K is at site K mod sites)."""
+    if delay <= 0 or sites < 2:
+        return {}
+    return {peer: delay for peer in range(n) if peer % sites != me % sites}
 
 
 async def _exit_with_parent(scope: trio.CancelScope, parent: int) -> None:

@@ -194,7 +194,7 @@ class Outbox:
 
     def put(self, payload: bytes) -> bool:
         try:
-            self._send.send_nowait(payload)
+            self._send.send_nowait((trio.current_time(), payload))
             return True
         except trio.WouldBlock:
             self.dropped += 1
@@ -207,11 +207,13 @@ class Outbox:
 async def _pump(framed: FramedStream, outbox: Outbox, delay_s: float = 0.0) -> None:
     """Sends queued frames, and a heartbeat whenever the queue stays empty for a while."""
     while True:
-        payload = b""
+        queued_at, payload = 0.0, b""
         with trio.move_on_after(NET_HEARTBEAT_INTERVAL_S):
-            payload = await outbox._receive.receive()
+            queued_at, payload = await outbox._receive.receive()
         if delay_s and payload:
-            await trio.sleep(delay_s)
+            # Each frame leaves delay_s after it was queued: a pipe of that latency, not a
+            # pause per frame, so a delayed link keeps its throughput.
+            await trio.sleep_until(queued_at + delay_s)
         await framed.send(payload)
 
 

@@ -79,6 +79,8 @@ class NodeSettings:
     link_delay: dict[int, float] = field(default_factory=dict)
     """Seconds to hold frames to each peer: simulated distance between sites."""
     replica: ReplicaConfig | None = None
+    null_model: bool = False
+    """Serve with a NullExecutor (answers at once, no JAX): benchmarks of ordering alone."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -154,6 +156,11 @@ class Node:
             raise ValueError(f"this key is not node {node_id}'s key in manifest {manifest.name!r}")
         info = manifest.nodes[node_id]
         repository = ModelRepository(settings.models_dir)
+        if settings.null_model:
+            from dropbear.inference.null import NullExecutor
+
+            null: Any = NullExecutor(repository.config(info.model), info.model_version.hex())
+            return cls(manifest, node_id, key, null, repository, settings, ledger)
         model = await trio.to_thread.run_sync(
             repository.load, info.model, info.model_version.hex()
         )
