@@ -2,7 +2,8 @@
 
 The group id is the SHA-256 of the manifest's canonical encoding (docs/certificates.md):
 ``01 | 20 | name | f u16 | threshold u16 | node count u16 | nodes``, each node
-``address | node key (32) | owner key (32) | model name``; texts are a u16 length and UTF-8.
+``address | node key (32) | owner key (32) | model name | genesis model version (32)``;
+texts are a u16 length and UTF-8.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tomli_w
 from dropbear import _core
 from dropbear.agreement import default_threshold
 from dropbear.limits import MAX_ADDRESS_BYTES, MAX_NODES
-from dropbear.wire import KEY_BYTES, VERSION, Kind, Reader, WireError, Writer
+from dropbear.wire import DIGEST_BYTES, KEY_BYTES, VERSION, Kind, Reader, WireError, Writer
 
 
 class ManifestError(ValueError):
@@ -33,6 +34,8 @@ class NodeInfo:
     node_key: bytes
     owner_key: bytes
     model: str
+    model_version: bytes = bytes(32)
+    """SHA-256 of the model's parameters at genesis; updates are ordered MODEL-UPDATEs."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Manifest:
             w.fixed(node.node_key, KEY_BYTES, "node key")
             w.fixed(node.owner_key, KEY_BYTES, "owner key")
             w.text(node.model)
+            w.fixed(node.model_version, DIGEST_BYTES, "model version")
         return w.getvalue()
 
     @cached_property
@@ -123,6 +127,7 @@ class Manifest:
                 r.fixed(KEY_BYTES, "node key"),
                 r.fixed(KEY_BYTES, "owner key"),
                 r.text("model"),
+                r.fixed(DIGEST_BYTES, "model version"),
             )
             for _ in range(r.count("node count", MAX_NODES, width=2))
         )
@@ -144,6 +149,7 @@ class Manifest:
                     "node_key": n.node_key.hex(),
                     "owner_key": n.owner_key.hex(),
                     "model": n.model,
+                    "model_version": n.model_version.hex(),
                 }
                 for n in self.nodes
             ],
@@ -159,6 +165,7 @@ class Manifest:
                     bytes.fromhex(n["node_key"]),
                     bytes.fromhex(n["owner_key"]),
                     str(n["model"]),
+                    bytes.fromhex(n.get("model_version", "00" * 32)),
                 )
                 for n in data["nodes"]
             )

@@ -914,12 +914,14 @@ class CatchupRequest(Message):
 
 @dataclass(frozen=True)
 class CatchupResponse(Message):
-    """CATCH-UP response: consecutive committed batches, each proven by 2f+1 COMMITs."""
+    """CATCH-UP response: consecutive committed batches, each proven by 2f+1 COMMITs, and
+    the sender's stable checkpoint (2f+1 CHECKPOINTs, possibly none)."""
 
     KIND = Kind.CATCHUP_RESPONSE
     group_id: bytes
     node: int
     batches: tuple[CommittedBatch, ...]
+    checkpoint_proof: tuple[Checkpoint, ...] = ()
     signature: bytes = b""
 
     def _write_body(self, w: Writer) -> None:
@@ -929,6 +931,7 @@ class CatchupResponse(Message):
         w.u32(len(self.batches))
         for batch in self.batches:
             w.blob(batch.encoded)
+        _write_list(w, self.checkpoint_proof)
 
     @classmethod
     def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
@@ -937,7 +940,8 @@ class CatchupResponse(Message):
             CommittedBatch.decode(r.blob("committed batch"))
             for _ in range(r.count("batch count", MAX_CATCHUP_BATCHES))
         )
-        return dict(group_id=group_id, node=node, batches=batches)
+        proof = _statement_list(r, Checkpoint, "CHECKPOINT", MAX_NODES)
+        return dict(group_id=group_id, node=node, batches=batches, checkpoint_proof=proof)
 
 
 # --- entries (Merkle leaves) and certificates ---------------------------------------------
