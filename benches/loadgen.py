@@ -151,6 +151,7 @@ async def drive(
     max_outstanding: int | None = None,
     server_pids: Sequence[int] = (),
     progress: bool = True,
+    drain: float = 2.0,
 ) -> LoadResult:
     """Runs one load and measures it.
 
@@ -246,8 +247,9 @@ async def drive(
             else:
                 nursery.start_soon(scheduler, nursery)
             await finished.wait()
-            # Requests still in flight are not waited for past a short drain.
-            with trio.move_on_after(2.0):
+            # Requests still in flight are not waited for past a short drain (their answers
+            # would not count anyway; the drain only lets the servers settle).
+            with trio.move_on_after(drain):
                 while outstanding:
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
@@ -415,16 +417,18 @@ class PlainTarget(Target):
     as the nodes; every request goes to every server (the group's inference work)."""
 
     def __init__(self, models: Sequence[str] = DIGIT_MODELS, *, answers: int | None = None,
-                 clients: int = 1, server_args: Sequence[str] = (),
+                 clients: int = 1, null_model: bool = False, server_args: Sequence[str] = (),
                  models_dir: Path = ROOT / "models", name: str | None = None) -> None:
         super().__init__()
         self.models = list(models)
+        if null_model:
+            server_args = [*server_args, "--null-model"]
         self.ports = free_ports(len(self.models))
         self.answers = answers
         self.clients = clients
         self.server_args = list(server_args)
         self.models_dir = models_dir
-        self.name = name or f"plain x{len(self.models)}"
+        self.name = name or f"plain x{len(self.models)}" + (" null" if null_model else "")
         self._processes: list[trio.Process] = []
 
     def pids(self) -> list[int]:
@@ -445,9 +449,8 @@ class PlainTarget(Target):
                 async with contextlib.AsyncExitStack() as stack:
                     clients = []
                     for _ in range(self.clients):
-                        with trio.fail_after(180):
-                            clients.append(await stack.enter_async_context(
-                                PlainClient.connect(addresses, self.answers)))
+                        clients.append(await stack.enter_async_context(
+                            PlainClient.connect(addresses, self.answers, timeout=180)))
                     self.infers = [c.infer for c in clients]
                     ready()
                     await self._stop.wait()
@@ -497,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      site_delay=args.site_delay, clients=args.clients,
                                      node_args=args.node_args.split())
     elif args.target == "plain":
-        target = PlainTarget(answers=args.answers, clients=max(1, args.clients // 4))
+        models = [DIGIT_MODELS[i % len(DIGIT_MODELS)] for i in range(args.nodes)]
+        target = PlainTarget(models, answers=args.answers, null_model=args.null_model)
     else:
         if args.dir is None:
             raise SystemExit("attach needs --dir GROUP_DIR")

@@ -94,13 +94,13 @@ class PlainClient:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, addresses: Sequence[tuple[str, int]],
-                      answers: int | None = None) -> AsyncIterator[PlainClient]:
+    async def connect(cls, addresses: Sequence[tuple[str, int]], answers: int | None = None,
+                      timeout: float = 30.0) -> AsyncIterator[PlainClient]:
         client = cls(addresses, answers)
         async with trio.open_nursery() as nursery:
             for link in client.links:
                 nursery.start_soon(link.run)
-            with trio.fail_after(30):
+            with trio.fail_after(timeout):
                 while not all(link.connected for link in client.links):
                     await trio.sleep(0.05)
             try:
@@ -141,14 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay", type=float, default=0.002)
+    parser.add_argument("--null-model", action="store_true",
+                        help="answer at once without the model (dropbear's NullExecutor)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     from dropbear.inference import Executor, ModelRepository
+    from dropbear.inference.null import NullExecutor
 
-    model = ModelRepository(args.models_dir).load(args.model)
-    executor = Executor(model, max_batch_size=args.max_batch_size,
-                        max_queue_delay=args.max_queue_delay)
+    repository = ModelRepository(args.models_dir)
+    if args.null_model:
+        config = repository.config(args.model)
+        executor = NullExecutor(config, config.current_version)
+    else:
+        executor = Executor(repository.load(args.model), max_batch_size=args.max_batch_size,
+                            max_queue_delay=args.max_queue_delay)
     server = PlainServer(executor)
 
     async def run() -> None:
