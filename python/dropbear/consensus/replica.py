@@ -360,8 +360,8 @@ class Replica:
             self._waiting.clear()
             self._propose()
         elif name == PROGRESS:
+            self._want_catchup(poll=True)  # perhaps we missed batches, not the primary
             if self.active and self.primary != self.me and self._has_orderable():
-                self._want_catchup(poll=True)  # perhaps we missed the batches, not the primary
                 self._start_view_change(self.view + 1)
             else:
                 self._update_progress_timer()
@@ -476,8 +476,7 @@ class Replica:
     def _after_new_work(self) -> None:
         if self.active and self.primary == self.me:
             self._propose()
-        else:
-            self._update_progress_timer()
+        self._update_progress_timer()
 
     def _current_votes(self, digest: bytes, versions: list[bytes]) -> dict[int, Votes]:
         known = self._votes.get(digest)
@@ -499,9 +498,11 @@ class Replica:
         )
 
     def _update_progress_timer(self) -> None:
-        if not self.active or self.primary == self.me:
+        """Runs while work is pending: a backup suspects the primary when something could be
+        ordered; any replica polls a peer in case it is the one behind."""
+        if not self.active:
             self._cancel_timer(PROGRESS)
-        elif PROGRESS not in self._running and self._has_orderable():
+        elif PROGRESS not in self._running and (self._requests or self._updates):
             self._set_timer(PROGRESS, self.config.request_timeout)
 
     # --- the primary's ordering batcher -------------------------------------------------
