@@ -172,6 +172,7 @@ async def drive(
     window_open = t0 + warmup
     window_close = window_open + duration
     finished = trio.Event()
+    measured = trio.Event()
     me = os.getpid()
     cpu_start: dict[str, float] = {}
     outstanding = 0
@@ -224,7 +225,8 @@ async def drive(
         shown = 0
         with trio.move_on_at(window_close):
             while not finished.is_set():
-                await trio.sleep(0.25)
+                with trio.move_on_after(0.25):
+                    await finished.wait()
                 if bar is not None:
                     bar.update(result.completed - shown)
                     shown = result.completed
@@ -234,6 +236,7 @@ async def drive(
         if bar is not None:
             bar.update(result.completed - shown)
         finished.set()
+        measured.set()
 
     total = requests if requests is not None else None
     bar = (tqdm(total=total, desc=f"{target} {mode} {load:g}", unit="req", leave=False,
@@ -246,7 +249,7 @@ async def drive(
                     nursery.start_soon(worker)
             else:
                 nursery.start_soon(scheduler, nursery)
-            await finished.wait()
+            await measured.wait()
             # Requests still in flight are not waited for past a short drain (their answers
             # would not count anyway; the drain only lets the servers settle).
             with trio.move_on_after(drain):
