@@ -108,10 +108,6 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
             bad.push(index);
             continue;
         };
-        if !strict_r(sig) {
-            bad.push(index);
-            continue;
-        }
         parsed.push(Parsed {
             index,
             message,
@@ -119,15 +115,30 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
             key,
         });
     }
-    let found: Vec<Vec<usize>> = parsed
-        .par_chunks(PARALLEL_CHUNK)
-        .map(|chunk| {
-            let mut chunk_bad = Vec::new();
-            find_bad(chunk, &mut chunk_bad, false);
-            chunk_bad
-        })
-        .collect();
-    bad.extend(found.into_iter().flatten());
+    if parsed.len() > BISECT_CUTOFF {
+        // Batches may hold what verify_strict refuses; take those out one by one first.
+        parsed.retain(|p| {
+            let ok = strict_r(&p.signature.to_bytes());
+            if !ok {
+                bad.push(p.index);
+            }
+            ok
+        });
+    }
+    if parsed.len() <= PARALLEL_CHUNK {
+        // One chunk: handing it to the thread pool would cost more than it saves.
+        find_bad(&parsed, &mut bad, false);
+    } else {
+        let found: Vec<Vec<usize>> = parsed
+            .par_chunks(PARALLEL_CHUNK)
+            .map(|chunk| {
+                let mut chunk_bad = Vec::new();
+                find_bad(chunk, &mut chunk_bad, false);
+                chunk_bad
+            })
+            .collect();
+        bad.extend(found.into_iter().flatten());
+    }
     bad.sort_unstable();
     bad
 }
