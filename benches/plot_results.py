@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP = RESULTS / "sweep.jsonl"
-RATES = (50, 100, 200, 300, 400, 600, 800)
+RATES = (50, 100, 200, 300, 450, 600)
 CDF_RATE = 100
 
 
