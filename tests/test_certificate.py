@@ -182,3 +182,25 @@ def test_docs_worked_example():
     assert cert.statement(0).encoded == block(
         r"COMMIT statement of node 0 \(view 0, seq 1, size 2\)"
     )
+
+
+def test_one_batch_shares_its_signed_part_and_each_half_checks_its_own_steps():
+    from dropbear.certificate import signed_part, verify_entry, verify_signatures
+
+    first, second = certificate(index=1), certificate(index=3)
+    # The client checks a batch's commit signatures once: every certificate of the batch
+    # has the same signed part, and the entry half still checks each certificate's proof.
+    assert signed_part(first) == signed_part(second)
+    verify_entry(second, M)
+    verify_signatures(second, M)
+    node, signature = second.signatures[0]
+    forged = dataclasses.replace(
+        second, signatures=((node, bytes([signature[0] ^ 1]) + signature[1:]),)
+        + second.signatures[1:])
+    assert signed_part(forged) != signed_part(second)
+    with pytest.raises(CertificateError, match="bad commit signatures of nodes"):
+        verify_signatures(forged, M)
+    moved = dataclasses.replace(second, leaf_index=2)
+    assert signed_part(moved) == signed_part(second)
+    with pytest.raises(CertificateError, match="inclusion proof"):
+        verify_entry(moved, M)

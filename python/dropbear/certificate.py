@@ -63,6 +63,17 @@ def build(
 
 def verify(cert: Certificate, manifest: Manifest) -> None:
     """Raises CertificateError unless ``cert`` verifies against ``manifest`` (steps 1-5)."""
+    verify_entry(cert, manifest)
+    verify_signatures(cert, manifest)
+
+
+def signed_part(cert: Certificate) -> tuple:
+    """What steps 4-5 check: equal for every certificate of one committed batch."""
+    return (cert.group_id, cert.view, cert.seq, cert.tree_size, cert.root, cert.signatures)
+
+
+def verify_entry(cert: Certificate, manifest: Manifest) -> None:
+    """Steps 1-3: the group, the entry, and its inclusion proof under the root."""
     # 1. The group.
     if cert.group_id != manifest.group_id:
         raise CertificateError(
@@ -79,6 +90,10 @@ def verify(cert: Certificate, manifest: Manifest) -> None:
         cert.entry.encoded, cert.leaf_index, cert.tree_size, list(cert.proof), cert.root
     ):
         raise CertificateError("inclusion proof does not lead to the root")
+
+
+def verify_signatures(cert: Certificate, manifest: Manifest) -> None:
+    """Steps 4-5: 2f+1 distinct nodes of the group signed the commit statement of the root."""
     # 4. 2f+1 distinct nodes of the group signed.
     nodes = [node for node, _ in cert.signatures]
     if len(set(nodes)) != len(nodes) or any(not 0 <= i < manifest.n for i in nodes):

@@ -12,6 +12,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from dropbear import _core, control, limits
-from dropbear.certificate import CertificateError
-from dropbear.certificate import verify as verify_certificate
+from dropbear import _core, certificate, control, limits
 from dropbear.manifest import Manifest
 from dropbear.net import LocalIdentity, PeerIdentity, PeerLink, Role, Sender
 from dropbear.node import split_address
@@ -79,6 +78,7 @@ class Client:
         self._slot_freed = trio.Event()
         self._control_waiters: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.invalid_replies = 0
+        self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -165,8 +165,16 @@ class Client:
                 or cert.entry.client != self.key.public_key):
             return
         try:
-            verify_certificate(cert, self.manifest)
-        except CertificateError:
+            certificate.verify_entry(cert, self.manifest)
+            signed = certificate.signed_part(cert)
+            if signed not in self._verified_batches:
+                # Every certificate of one batch carries the same commit signatures:
+                # check them once per batch, not once per request.
+                certificate.verify_signatures(cert, self.manifest)
+                self._verified_batches[signed] = None
+                if len(self._verified_batches) > limits.CLIENT_VERIFIED_BATCHES:
+                    self._verified_batches.popitem(last=False)
+        except certificate.CertificateError:
             self.invalid_replies += 1
             return
         pending.certificate = cert

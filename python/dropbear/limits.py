@@ -137,3 +137,5 @@ CLIENT_DEADLINE_S = 60.0
 """Seconds a client keeps trying one request before it gives up."""
 CLIENT_CONTROL_TIMEOUT_S = 30.0
 """Seconds a client waits for a node's answer to a control frame (status, update)."""
+CLIENT_VERIFIED_BATCHES = 1024
+"""Committed batches whose commit signatures a client remembers having verified."""
