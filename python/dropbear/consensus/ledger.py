@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dropbear.wire import CommittedBatch, PreparedProof, Statement
+from dropbear.wire import Checkpoint, CommittedBatch, PreparedProof, Statement
 
 
 @dataclass
@@ -21,6 +21,8 @@ class DurableState:
     view: int = 0
     signed: list[Statement] = field(default_factory=list)
     prepared: list[PreparedProof] = field(default_factory=list)
+    stable_proof: tuple[Checkpoint, ...] = ()
+    """The latest stable checkpoint's 2f+1 CHECKPOINTs (empty: none yet)."""
 
 
 class Ledger(Protocol):
@@ -39,6 +41,9 @@ class Ledger(Protocol):
         """Remembers a statement this node is about to sign."""
 
     def save_prepared(self, proof: PreparedProof) -> None: ...
+
+    def save_checkpoint(self, proof: tuple[Checkpoint, ...]) -> None:
+        """Remembers a stable checkpoint (its 2f+1 matching CHECKPOINTs)."""
 
     def truncate(self, stable_seq: int) -> None:
         """Forgets signed statements and prepared proofs at or below ``stable_seq``."""
@@ -73,9 +78,17 @@ class MemoryLedger:
     def save_prepared(self, proof: PreparedProof) -> None:
         self._state.prepared.append(proof)
 
+    def save_checkpoint(self, proof: tuple[Checkpoint, ...]) -> None:
+        self._state.stable_proof = tuple(proof)
+
     def truncate(self, stable_seq: int) -> None:
         self._state.signed = [s for s in self._state.signed if s.seq > stable_seq]
         self._state.prepared = [p for p in self._state.prepared if p.seq > stable_seq]
 
     def load(self) -> DurableState:
-        return DurableState(self._state.view, list(self._state.signed), list(self._state.prepared))
+        return DurableState(
+            self._state.view,
+            list(self._state.signed),
+            list(self._state.prepared),
+            self._state.stable_proof,
+        )

@@ -193,7 +193,7 @@ class Replica:
 
     def start(self) -> list[Action]:
         """Actions to run once when the node starts (or restarts)."""
-        if self.state.seq or self.view:
+        if self.state.seq or self.view or self.stable_seq:
             self._out.append(Broadcast(self._catchup_request()))
             self._set_timer(CATCH_UP, self.config.catchup_interval)
         if not self.active:
@@ -307,8 +307,14 @@ class Replica:
         if durable.view:
             self.view = self.vc_target = durable.view
             self.active = False
-        self.next_seq = self.state.seq + 1
-        self.known_top = self.state.seq
+        proof = durable.stable_proof
+        if proof and proof[0].seq % self.config.checkpoint_interval == 0:
+            checks = proofs.checkpoint_checks(self.manifest, proof[0].seq, proof)
+            if checks is not None and self._verify(checks):
+                self.stable_seq, self._stable_proof = proof[0].seq, tuple(proof)
+        self._prepared = {s: p for s, p in self._prepared.items() if s > self.stable_seq}
+        self.next_seq = max(self.state.seq, self.stable_seq) + 1
+        self.known_top = max(self.state.seq, self.stable_seq)
 
     # --- events --------------------------------------------------------------------------
 
@@ -916,6 +922,7 @@ class Replica:
         self._prepare_tracker.forget_up_to(seq)
         self._commit_tracker.forget_up_to(seq)
         self._signed = {k: v for k, v in self._signed.items() if k[2] > seq}
+        self.ledger.save_checkpoint(proof)
         self.ledger.truncate(seq)
         if self.state.seq < seq:
             self.known_top = max(self.known_top, seq)

@@ -1,0 +1,438 @@
+"""The durable ledger: one SQLite database (WAL mode) per node; see docs/ledger.md.
+
+:class:`SqliteLedger` implements the replica's :class:`~dropbear.consensus.Ledger` seam
+(committed batches, the node's own signed statements, prepared proofs, view, stable
+checkpoints) and what the node adds from the replica's actions (certificates by client and
+request id, the model-version history, evidence).
+
+Durability: ``synchronous=FULL`` (each commit fsyncs the WAL). With ``group_commit`` the
+writes of one replica event share one transaction that the node commits with :meth:`sync`
+*before* it carries out any of that event's actions (messages, replies); without it every
+write commits at once. A write that fails (full disk, read-only file) raises
+:class:`LedgerError`; the node stops rather than send anything that depends on it.
+
+At open the file is checked (``PRAGMA quick_check``, schema version, group and node, the
+hash chain over committed batches and their sequence continuity); a corrupted or truncated
+file raises :class:`LedgerCorrupt` and is never used.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dropbear import _core
+from dropbear.consensus.events import Deliver
+from dropbear.consensus.ledger import DurableState
+from dropbear.evidence import Evidence
+from dropbear.wire import (
+    Certificate,
+    Checkpoint,
+    CommittedBatch,
+    PreparedProof,
+    Reader,
+    Statement,
+    WireError,
+    Writer,
+    decode,
+)
+
+SCHEMA_VERSION = 1
+GENESIS_CHAIN = bytes(32)
+"""The hash chain's value before batch 1."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    view INTEGER NOT NULL,
+    commit_root BLOB NOT NULL,
+    tree_size INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    updates INTEGER NOT NULL,
+    chain BLOB NOT NULL,
+    encoded BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    client BLOB NOT NULL,
+    request_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    leaf_index INTEGER NOT NULL,
+    request BLOB NOT NULL,
+    label INTEGER NOT NULL,
+    reached INTEGER NOT NULL,
+    encoded BLOB NOT NULL,
+    PRIMARY KEY (client, request_id)
+);
+CREATE INDEX IF NOT EXISTS certificates_seq ON certificates (seq);
+CREATE TABLE IF NOT EXISTS model_versions (
+    seq INTEGER NOT NULL,
+    node INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    version BLOB NOT NULL,
+    PRIMARY KEY (node, counter)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL,
+    proof BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    first BLOB NOT NULL,
+    second BLOB NOT NULL,
+    UNIQUE (kind, first, second)
+);
+CREATE TABLE IF NOT EXISTS signed (
+    kind INTEGER NOT NULL,
+    view INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    statement BLOB NOT NULL,
+    PRIMARY KEY (kind, view, seq)
+);
+CREATE TABLE IF NOT EXISTS prepared (
+    seq INTEGER NOT NULL,
+    view INTEGER NOT NULL,
+    encoded BLOB NOT NULL,
+    PRIMARY KEY (seq, view)
+);
+"""
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be used or written (the message says why); a node stops on it."""
+
+
+class LedgerCorrupt(LedgerError):
+    """The database file fails an integrity check; it is never used."""
+
+
+def chain_next(previous: bytes, seq: int, encoded: bytes) -> bytes:
+    """The hash chain over committed batches: SHA-256(previous | seq u64 | SHA-256(batch))."""
+    return _core.sha256(previous + struct.pack(">Q", seq) + _core.sha256(encoded))
+
+
+def _encode_list(items: Sequence[bytes]) -> bytes:
+    w = Writer()
+    w.u32(len(items))
+    for item in items:
+        w.blob(item)
+    return w.getvalue()
+
+
+def _decode_list(data: bytes) -> list[bytes]:
+    r = Reader(data)
+    out = [r.blob("item") for _ in range(r.count("items", 1 << 20))]
+    r.end("list")
+    return out
+
+
+def encode_prepared(proof: PreparedProof) -> bytes:
+    w = Writer()
+    proof.write(w)
+    return w.getvalue()
+
+
+def decode_prepared(data: bytes) -> PreparedProof:
+    r = Reader(data)
+    proof = PreparedProof.read(r)
+    r.end("prepared proof")
+    return proof
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    seq: int
+    view: int
+    chain: bytes
+    encoded: bytes
+
+
+class SqliteLedger:
+    """A node's durable ledger in one SQLite file; see the module docstring."""
+
+    def __init__(self, path: Path | str, *, group_id: bytes | None = None,
+                 node: int | None = None, group_commit: bool = False,
+                 max_pages: int | None = None, check: bool = True) -> None:
+        self.path = Path(path)
+        self.group_commit = group_commit
+        self._in_tx = False
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if new:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise LedgerError(f"ledger {self.path}: cannot create its directory: "
+                                  f"{error}") from None
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None,
+                                      check_same_thread=False)
+        except sqlite3.Error as error:
+            raise LedgerError(f"ledger {self.path}: cannot open: {error}") from None
+        try:
+            self._open(new, group_id, node, max_pages, check)
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            text = str(error)
+            if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+                raise LedgerError(f"ledger {self.path}: cannot write: {text}") from None
+            raise LedgerCorrupt(f"ledger {self.path} is corrupted or truncated: {text}; "
+                                "refusing to use it (restore it or remove it to resync "
+                                "from the peers)") from None
+        except LedgerError:
+            self.db.close()
+            raise
+
+    # --- open and checks ---------------------------------------------------------------------
+
+    def _open(self, new: bool, group_id: bytes | None, node: int | None,
+              max_pages: int | None, check: bool) -> None:
+        db = self.db
+        if not new:
+            row = db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise LedgerCorrupt(f"ledger {self.path} fails PRAGMA quick_check: "
+                                    f"{row[0] if row else 'no answer'}; refusing to use it")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise LedgerError(f"ledger {self.path}: cannot switch to WAL mode (got {mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        if max_pages is not None:
+            db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        if new:
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            db.execute("INSERT INTO meta VALUES ('view', 0)")
+            if group_id is not None:
+                db.execute("INSERT INTO meta VALUES ('group_id', ?)", (group_id,))
+            if node is not None:
+                db.execute("INSERT INTO meta VALUES ('node', ?)", (node,))
+            db.execute("COMMIT")
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise LedgerCorrupt(f"ledger {self.path} has schema version {version!r}; this "
+                                f"dropbear reads version {SCHEMA_VERSION}")
+        if group_id is not None and meta.get("group_id", group_id) != group_id:
+            raise LedgerError(f"ledger {self.path} belongs to group "
+                              f"{bytes(meta['group_id']).hex()[:16]}, not {group_id.hex()[:16]}")
+        if node is not None and meta.get("node", node) != node:
+            raise LedgerError(f"ledger {self.path} belongs to node {meta['node']}, not {node}")
+        self._last, self._chain = self._check_chain() if check else self._tail()
+
+    def _tail(self) -> tuple[int, bytes]:
+        row = self.db.execute("SELECT seq, chain FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, GENESIS_CHAIN) if row is None else (row[0], bytes(row[1]))
+
+    def _check_chain(self) -> tuple[int, bytes]:
+        """Recomputes the hash chain and checks sequence continuity from 1."""
+        expected_seq, chain = 1, GENESIS_CHAIN
+        for seq, stored, encoded in self.db.execute(
+                "SELECT seq, chain, encoded FROM batches ORDER BY seq"):
+            if seq != expected_seq:
+                raise LedgerCorrupt(f"ledger {self.path}: committed batch {expected_seq} is "
+                                    f"missing (next stored is {seq}); refusing to use it")
+            chain = chain_next(chain, seq, bytes(encoded))
+            if chain != bytes(stored):
+                raise LedgerCorrupt(f"ledger {self.path}: the hash chain breaks at batch {seq} "
+                                    "(its bytes were altered); refusing to use it")
+            expected_seq += 1
+        return expected_seq - 1, chain
+
+    # --- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        try:
+            if not self._in_tx:
+                self.db.execute("BEGIN IMMEDIATE")
+                self._in_tx = True
+            yield self.db
+            if not self.group_commit:
+                self._commit()
+        except sqlite3.Error as error:
+            self._rollback()
+            raise LedgerError(f"ledger {self.path}: cannot store {what}: {error} (the node "
+                              "stops: nothing that depends on it was sent)") from None
+
+    def _commit(self) -> None:
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    def _rollback(self) -> None:
+        if self._in_tx:
+            self._in_tx = False
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._last, self._chain = self._tail()
+
+    def sync(self) -> None:
+        """Commits (and fsyncs) the open group-commit transaction, if any."""
+        try:
+            self._commit()
+        except sqlite3.Error as error:
+            self._rollback()
+            raise LedgerError(f"ledger {self.path}: cannot commit: {error} (the node stops: "
+                              "nothing that depends on it was sent)") from None
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            self.db.close()
+
+    # --- the replica's Ledger protocol --------------------------------------------------------
+
+    def append_committed(self, batch: CommittedBatch) -> None:
+        if batch.seq != self._last + 1:
+            raise LedgerError(f"ledger {self.path}: batch {batch.seq} out of order "
+                              f"(last stored is {self._last})")
+        encoded = batch.encoded
+        chain = chain_next(self._chain, batch.seq, encoded)
+        first = batch.commits[0].statement if batch.commits else None
+        with self._write(f"committed batch {batch.seq}") as db:
+            db.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch.seq, batch.view, first.digest if first else b"",
+                 first.size if first else 0, len(batch.batch.requests),
+                 len(batch.batch.updates), chain, encoded))
+            self._last, self._chain = batch.seq, chain
+
+    def committed(self, start: int, stop: int) -> list[CommittedBatch]:
+        rows = self.db.execute("SELECT encoded FROM batches WHERE seq >= ? AND seq < ? "
+                               "ORDER BY seq", (max(start, 1), stop)).fetchall()
+        return [CommittedBatch.decode(bytes(r[0])) for r in rows]
+
+    def last_seq(self) -> int:
+        return self._last
+
+    def save_view(self, view: int) -> None:
+        with self._write(f"view {view}") as db:
+            db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'view'", (view,))
+
+    def save_signed(self, statement: Statement) -> None:
+        with self._write(f"signed {statement.kind.name} {statement.view}/{statement.seq}") as db:
+            db.execute("INSERT OR IGNORE INTO signed VALUES (?, ?, ?, ?)",
+                       (int(statement.kind), statement.view, statement.seq, statement.encoded))
+
+    def save_prepared(self, proof: PreparedProof) -> None:
+        with self._write(f"prepared proof {proof.view}/{proof.seq}") as db:
+            db.execute("INSERT OR REPLACE INTO prepared VALUES (?, ?, ?)",
+                       (proof.seq, proof.view, encode_prepared(proof)))
+
+    def save_checkpoint(self, proof: Sequence[Checkpoint]) -> None:
+        seq, digest = proof[0].seq, proof[0].root
+        with self._write(f"stable checkpoint {seq}") as db:
+            db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)",
+                       (seq, digest, _encode_list([c.encoded for c in proof])))
+
+    def truncate(self, stable_seq: int) -> None:
+        with self._write(f"truncation at {stable_seq}") as db:
+            db.execute("DELETE FROM signed WHERE seq <= ?", (stable_seq,))
+            db.execute("DELETE FROM prepared WHERE seq <= ?", (stable_seq,))
+
+    def load(self) -> DurableState:
+        db = self.db
+        view = db.execute("SELECT value FROM meta WHERE key = 'view'").fetchone()[0]
+        signed = [Statement.decode(bytes(r[0])) for r in
+                  db.execute("SELECT statement FROM signed ORDER BY seq, view, kind")]
+        prepared = [decode_prepared(bytes(r[0])) for r in
+                    db.execute("SELECT encoded FROM prepared ORDER BY seq, view")]
+        stable = self.stable_checkpoint()
+        return DurableState(int(view), signed, prepared, stable)
+
+    # --- what the node adds from the replica's actions ----------------------------------------
+
+    def record_delivery(self, deliver: Deliver) -> None:
+        """The model updates that took effect at batch ``deliver.seq``."""
+        if not deliver.updates:
+            return
+        with self._write(f"model versions of batch {deliver.seq}") as db:
+            for u in deliver.updates:
+                db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
+                           (deliver.seq, u.node, u.counter, u.model_version))
+
+    def save_certificate(self, cert: Certificate) -> None:
+        e = cert.entry
+        with self._write(f"certificate of request {e.request_id}") as db:
+            db.execute("INSERT OR IGNORE INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (e.client, e.request_id, cert.seq, cert.leaf_index, e.request, e.label,
+                        int(e.reached), cert.encoded))
+
+    def save_evidence(self, evidence: Evidence) -> None:
+        with self._write("evidence") as db:
+            db.execute("INSERT OR IGNORE INTO evidence (kind, first, second) VALUES (?, ?, ?)",
+                       (evidence.kind, evidence.first, evidence.second))
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def certificate(self, client: bytes, request_id: int) -> Certificate | None:
+        row = self.db.execute("SELECT encoded FROM certificates WHERE client = ? AND "
+                              "request_id = ?", (client, request_id)).fetchone()
+        return None if row is None else Certificate.decode(bytes(row[0]))
+
+    def certificates(self) -> Iterator[Certificate]:
+        for (encoded,) in self.db.execute("SELECT encoded FROM certificates ORDER BY seq, "
+                                          "leaf_index"):
+            yield Certificate.decode(bytes(encoded))
+
+    def certificate_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM certificates").fetchone()[0])
+
+    def stored_batches(self) -> Iterator[StoredBatch]:
+        for seq, view, chain, encoded in self.db.execute(
+                "SELECT seq, view, chain, encoded FROM batches ORDER BY seq"):
+            yield StoredBatch(seq, view, bytes(chain), bytes(encoded))
+
+    def chain_head(self) -> bytes:
+        return self._chain
+
+    def model_versions(self) -> list[tuple[int, int, int, bytes]]:
+        """``(seq, node, counter, version)`` of every ordered model update, in order."""
+        return [(s, n, c, bytes(v)) for s, n, c, v in self.db.execute(
+            "SELECT seq, node, counter, version FROM model_versions ORDER BY seq, node")]
+
+    def stable_checkpoint(self) -> tuple[Checkpoint, ...]:
+        row = self.db.execute("SELECT proof FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return ()
+        out = []
+        for item in _decode_list(bytes(row[0])):
+            message = decode(item)
+            if not isinstance(message, Checkpoint):
+                raise LedgerCorrupt(f"ledger {self.path}: a stored checkpoint proof holds a "
+                                    f"{message.KIND.name}")
+            out.append(message)
+        return tuple(out)
+
+    def checkpoints(self) -> list[tuple[int, tuple[Checkpoint, ...]]]:
+        out = []
+        for seq, proof in self.db.execute("SELECT seq, proof FROM checkpoints ORDER BY seq"):
+            try:
+                items = tuple(decode(i) for i in _decode_list(bytes(proof)))
+            except WireError as error:
+                raise LedgerCorrupt(f"ledger {self.path}: checkpoint {seq}: {error}") from None
+            out.append((seq, items))  # type: ignore[arg-type]
+        return out
+
+    def evidence(self) -> list[Evidence]:
+        return [Evidence(kind, bytes(a), bytes(b)) for kind, a, b in self.db.execute(
+            "SELECT kind, first, second FROM evidence ORDER BY id")]
+
+    def meta(self) -> dict[str, object]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
