@@ -173,3 +173,31 @@ async def test_link_reconnects_after_listener_restart() -> None:
                 await trio.sleep(0.2)
         assert link.failures >= 1
         outer.cancel_scope.cancel()
+
+
+async def test_send_to_reaches_every_connection_of_a_key() -> None:
+    """Two connections with one client key (two tools sharing it): both get the answers."""
+    client = _core.SigningKey.generate()
+    got: list[list[bytes]] = [[], []]
+
+    async with trio.open_nursery() as nursery:
+        listener, port = await start_listener(nursery, [])
+        links = []
+        for i in range(2):
+            async def on_frame(peer, payload, sender, i=i):
+                got[i].append(payload)
+
+            link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(client, Role.CLIENT),
+                            authorize_nodes, on_frame=on_frame)
+            nursery.start_soon(link.run)
+            links.append(link)
+        with trio.fail_after(5):
+            while len(listener.connections.get(client.public_key, ())) < 2:
+                await trio.sleep(0.01)
+        assert listener.send_to(client.public_key, b"answer")
+        assert not listener.send_to(_core.SigningKey.generate().public_key, b"nobody")
+        with trio.fail_after(5):
+            while not all(got):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert got == [[b"answer"], [b"answer"]]

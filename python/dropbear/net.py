@@ -357,10 +357,17 @@ class Listener:
         self._log = log or (lambda _msg: None)
 
     def send_to(self, peer_key: bytes, payload: bytes) -> bool:
-        """Queues a frame for the peer with this public key (e.g. a client), on its newest
-        connection; False when it has none."""
-        conns = self.connections.get(peer_key)
-        return bool(conns) and conns[-1].send(payload)
+        """Queues a frame for the peer with this public key (e.g. a client) on every open
+        connection of that key; False when none took it.
+
+        A key may have several connections at once (two tools sharing a client key, or a
+        reconnect beside a connection not yet timed out); answering only the newest would
+        starve the others: their requests would never get an answer.
+        """
+        sent = False
+        for conn in self.connections.get(peer_key, ()):
+            sent = conn.send(payload) or sent
+        return sent
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
         listeners = await trio.open_tcp_listeners(port, host=host)
