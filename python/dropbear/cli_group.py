@@ -6,9 +6,11 @@ Registered into :mod:`dropbear.cli`'s subcommand registry on import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from dropbear.deploy import (
 )
 from dropbear.inference import ModelConfig, ModelRepository
 from dropbear.launcher import GroupProcesses
+from dropbear.ledger import LedgerError, SqliteLedger
 from dropbear.manifest import Manifest, ManifestError
 from dropbear.node import Fault, Node, NodeSettings
 from dropbear.wire import ModelUpdate
@@ -112,6 +115,10 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
                              "(benchmarks: simulated wide-area distance)")
     parser.add_argument("--sites", type=int, default=3,
                         help="with --site-delay: node K is at site K mod SITES (default 3)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="where the node's ledger lives (default: data/ beside the manifest; "
+                             "the file is node-ID.db)")
+    parser.add_argument("--ledger-max-pages", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when the launching process goes away (set by `dropbear up`)")
@@ -135,8 +142,16 @@ def node(args: argparse.Namespace) -> int:
                             link_delay=_site_delays(manifest.n, args.id, args.site_delay,
                                                     args.sites))
 
+    data_dir = args.data_dir or args.manifest.parent / "data"
+    try:
+        ledger = SqliteLedger(data_dir / f"node-{args.id}.db", group_id=manifest.group_id,
+                              node=args.id, group_commit=True, max_pages=args.ledger_max_pages)
+    except LedgerError as error:
+        return _fail(f"node {args.id}: {error}")
+    logging.info("ledger %s: %d committed batches", ledger.path, ledger.last_seq())
+
     async def main() -> None:
-        replica_node = await Node.load(manifest, args.id, key, settings)
+        replica_node = await Node.load(manifest, args.id, key, settings, ledger)
         async with trio.open_nursery() as nursery:
             await nursery.start(replica_node.run)
             if args.exit_with_parent:
@@ -151,7 +166,28 @@ def node(args: argparse.Namespace) -> int:
         trio.run(main)
     except (ValueError, OSError) as error:
         return _fail(f"node {args.id}: {error}")
+    except BaseException as error:
+        ledger_error = _find(error, LedgerError)
+        if ledger_error is None:
+            raise
+        logging.critical("ledger failure, stopping: %s", ledger_error)
+        return _fail(f"node {args.id}: {ledger_error}")
+    finally:
+        with contextlib.suppress(LedgerError, sqlite3.Error):
+            ledger.db.close()  # an unsynced group-commit transaction is rolled back
     return 0
+
+
+def _find(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``error`` or the first ``kind`` inside (nested) exception groups."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _site_delays(n: int, me: int, delay: float, sites: int) -> dict[int, float]:
@@ -400,3 +436,129 @@ def update(args: argparse.Namespace) -> int:
     return 0 if ack.get("ok") else 1
 
 
+
+
+# --- certificate and audit (the durable ledger) ----------------------------------------------
+
+
+async def fetch_certificate(client: Client, manifest: Manifest, client_key: bytes,
+                            request_id: int, nodes: list[int] | None = None,
+                            timeout: float = 3.0) -> tuple[int, certificate.Certificate]:
+    """Asks the nodes in turn for a past certificate; returns ``(node, certificate)`` of the
+    first answer that verifies against the manifest and is for that client and request."""
+    problems = []
+    for node_id in nodes if nodes is not None else range(manifest.n):
+        try:
+            answer = await client.control(node_id, control.Control.CERTIFICATE_QUERY,
+                                          {"client": client_key.hex(),
+                                           "request_id": request_id}, timeout)
+        except ClientError as error:
+            problems.append(f"node {node_id}: {error}")
+            continue
+        data = answer.get("certificate")
+        if data is None:
+            problems.append(f"node {node_id}: unknown ({answer.get('error', 'not in its ledger')})")
+            continue
+        try:
+            cert = certificate.from_dict(data)
+            certificate.verify(cert, manifest)
+        except (ValueError, KeyError, TypeError) as error:
+            problems.append(f"node {node_id}: its answer does not verify: {error}")
+            continue
+        if cert.entry.client != client_key or cert.entry.request_id != request_id:
+            problems.append(f"node {node_id}: answered with another request's certificate")
+            continue
+        return node_id, cert
+    raise ClientError("no node gave a valid certificate: " + "; ".join(problems))
+
+
+def _certificate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--client", help="the client's public key (64 hex digits) or key file "
+                                         "(default: the group's keys/client.key)")
+    parser.add_argument("--request", type=int, required=True, help="the request id")
+    parser.add_argument("--node", type=int, action="append",
+                        help="ask only this node (repeatable; default: every node in turn)")
+    parser.add_argument("--out", type=Path, help="write the certificate JSON here")
+    _group_dir_argument(parser)
+
+
+@subcommand("certificate", "fetch a past certificate from any node's ledger and verify it",
+            _certificate_arguments)
+def fetch_certificate_command(args: argparse.Namespace) -> int:
+    try:
+        manifest = Manifest.load(args.dir / MANIFEST_FILE)
+        key = read_key(key_path(args.dir, "client"))
+        who = args.client
+        if who is None:
+            client_key = key.public_key
+        elif len(who) == 64 and all(c in "0123456789abcdefABCDEF" for c in who):
+            client_key = bytes.fromhex(who)
+        else:
+            client_key = read_key(Path(who)).public_key
+    except (ManifestError, OSError, ValueError) as error:
+        return _fail(str(error))
+
+    async def main() -> tuple[int, certificate.Certificate]:
+        async with Client.connect(manifest, key) as client:
+            return await fetch_certificate(client, manifest, client_key, args.request,
+                                           args.node)
+
+    try:
+        node_id, cert = trio.run(main)
+    except ClientError as error:
+        return _fail(str(error))
+    text = certificate.to_json(cert)
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    e = cert.entry
+    print(f"VALID (from node {node_id}): seq {cert.seq}, request {e.request_id} of client "
+          f"{e.client.hex()[:16]}: label {e.label} "
+          f"({'reached' if e.reached else 'not reached'}){f' -> {args.out}' if args.out else ''}",
+          file=sys.stderr)
+    return 0
+
+
+def _audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path,
+                        help="the nodes' ledger directory (default: data/ in the group dir)")
+    _group_dir_argument(parser)
+
+
+@subcommand("audit", "check a node's ledger end to end; list evidence of misbehaving nodes",
+            _audit_arguments)
+def audit_command(args: argparse.Namespace) -> int:
+    from dropbear.ledger import audit
+
+    try:
+        manifest = Manifest.load(args.dir / MANIFEST_FILE)
+    except (ManifestError, OSError, ValueError) as error:
+        return _fail(str(error))
+    path = (args.data_dir or args.dir / "data") / f"node-{args.node}.db"
+    if not path.exists():
+        return _fail(f"no ledger at {path}")
+    try:
+        ledger = SqliteLedger(path, group_id=manifest.group_id, node=args.node)
+    except LedgerError as error:
+        print(f"CORRUPT: {error}")
+        return 1
+    try:
+        report = audit(ledger, manifest)
+    finally:
+        ledger.db.close()
+    print(f"ledger {path}: {report.batches} committed batches (hash chain "
+          f"{ledger.chain_head().hex()[:16]}), {report.entries} certified entries, "
+          f"{report.certificates} certificates, {report.checkpoints} stable checkpoints, "
+          f"{report.model_updates} model updates")
+    for problem in report.problems or ():
+        print(f"PROBLEM: {problem}")
+    for culprit, kind, detail in report.evidence or ():
+        who = f"node {culprit}" if culprit is not None else "nobody"
+        print(f"EVIDENCE against {who}: conflicting {kind} ({detail})")
+    if not report.evidence:
+        print("no evidence of misbehaving nodes")
+    print("OK: every batch, signature and certificate checks out" if report.ok else
+          f"BAD: {len(report.problems or ())} problems")
+    return 0 if report.ok else 1

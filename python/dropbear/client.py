@@ -193,7 +193,8 @@ class Client:
                 pending.rejects[node] = str(body.get("reason"))
                 if len(pending.rejects) >= self.manifest.f + 1:
                     pending.done.set()
-        elif kind in (control.Control.STATUS, control.Control.ACK) and node is not None:
+        elif kind in (control.Control.STATUS, control.Control.ACK,
+                      control.Control.CERTIFICATE) and node is not None:
             waiter = self._control_waiters.get(node)
             if waiter is not None:
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):

@@ -34,6 +34,10 @@ class Control(IntEnum):
     """Demo/test tool -> node started with fault injection: behave as ``mode``."""
     ACK = 6
     """Node -> tool: the outcome of UPDATE or FAULT (``ok``, ``message``)."""
+    CERTIFICATE_QUERY = 7
+    """Client -> node: the certificate of (``client`` hex key, ``request_id``) from the ledger."""
+    CERTIFICATE = 8
+    """Node -> client: ``certificate`` (its JSON object, or null when unknown), ``node``."""
 
 
 def is_control(frame: bytes) -> bool:

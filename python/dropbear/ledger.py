@@ -29,6 +29,7 @@ from dropbear import _core
 from dropbear.consensus.events import Deliver
 from dropbear.consensus.ledger import DurableState
 from dropbear.evidence import Evidence
+from dropbear.manifest import Manifest
 from dropbear.wire import (
     Certificate,
     Checkpoint,
@@ -436,3 +437,104 @@ class SqliteLedger:
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditReport:
+    """What :func:`audit` found: counts, problems (the ledger is bad) and evidence."""
+
+    batches: int = 0
+    entries: int = 0
+    certificates: int = 0
+    checkpoints: int = 0
+    model_updates: int = 0
+    problems: list[str] | None = None
+    evidence: list[tuple[int | None, str, str]] | None = None
+    """``(culprit node or None when the item proves nothing, kind, detail)``."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
+    """Checks a ledger end to end against ``manifest``: every committed batch's 2f+1 COMMIT
+    signatures and derived root, the sequence (re-executed from genesis), the hash chain
+    (checked at open), each stored certificate (verified, and equal to the entry and root of
+    its batch), each stable checkpoint (signatures, and the state digest re-computed), the
+    model-version history; and lists the evidence of misbehaving nodes."""
+    from dropbear.certificate import CertificateError
+    from dropbear.certificate import verify as verify_certificate
+    from dropbear.consensus import proofs
+    from dropbear.consensus.state import GroupState
+    from dropbear.evidence import EvidenceError
+
+    report = AuditReport(problems=[], evidence=[])
+    problems = report.problems
+    assert problems is not None and report.evidence is not None
+    state = GroupState.genesis(manifest)
+    roots: dict[int, tuple[bytes, list[bytes]]] = {}
+    digests: dict[int, bytes] = {}
+    updates: list[tuple[int, int, int, bytes]] = []
+    expected = 1
+    for stored in ledger.stored_batches():
+        if stored.seq != expected:
+            problems.append(f"batch {expected} missing (next is {stored.seq})")
+            break
+        expected += 1
+        try:
+            cb = CommittedBatch.decode(stored.encoded)
+        except WireError as error:
+            problems.append(f"batch {stored.seq}: undecodable: {error}")
+            break
+        if (cb.seq, cb.view) != (stored.seq, stored.view):
+            problems.append(f"batch {stored.seq}: its bytes say seq {cb.seq} view {cb.view}")
+            break
+        derived = proofs.valid_committed(manifest, cb)
+        if derived is None:
+            problems.append(f"batch {stored.seq}: not proven by 2f+1 valid matching COMMITs "
+                            "of this group")
+            break
+        valid_entries, valid_updates = state.apply(derived, cb.seq, derived.root)
+        for i in valid_updates:
+            u = derived.updates[i]
+            updates.append((cb.seq, u.node, u.counter, u.model_version))
+        roots[cb.seq] = (derived.root, derived.leaves)
+        digests[cb.seq] = state.digest
+        report.batches += 1
+        report.entries += len(valid_entries)
+    for cert in ledger.certificates():
+        report.certificates += 1
+        what = f"certificate of request {cert.entry.request_id} (seq {cert.seq})"
+        try:
+            verify_certificate(cert, manifest)
+        except CertificateError as error:
+            problems.append(f"{what}: does not verify: {error}")
+            continue
+        known = roots.get(cert.seq)
+        if known is None:
+            problems.append(f"{what}: no such committed batch in the ledger")
+        elif known[0] != cert.root or known[1][cert.leaf_index] != cert.entry.encoded:
+            problems.append(f"{what}: differs from the committed batch's entry or root")
+    for seq, proof in ledger.checkpoints():
+        report.checkpoints += 1
+        checks = proofs.checkpoint_checks(manifest, seq, proof)  # type: ignore[arg-type]
+        if checks is None or _core.batch_verify(checks):
+            problems.append(f"checkpoint {seq}: not 2f+1 valid matching CHECKPOINTs")
+        elif seq in digests and proof[0].root != digests[seq]:
+            problems.append(f"checkpoint {seq}: state digest differs from the re-executed one")
+    history = ledger.model_versions()
+    report.model_updates = len(history)
+    if history != updates:
+        problems.append(f"model-version history ({len(history)} updates) differs from the "
+                        f"updates re-executed from the batches ({len(updates)})")
+    for item in ledger.evidence():
+        try:
+            culprit = item.culprit(manifest)
+            report.evidence.append((culprit, item.kind, "verifies"))
+        except EvidenceError as error:
+            report.evidence.append((None, item.kind, f"proves nothing: {error}"))
+    return report

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from dropbear import _core, control, limits
+from dropbear import certificate as certificates
 from dropbear.consensus import (
     Action,
     ActivateModel,
@@ -109,6 +110,9 @@ class Node:
         self.settings = settings or NodeSettings()
         self.fault = self.settings.fault
         self.replica = Replica(manifest, node_id, key, ledger, self.settings.replica)
+        self.ledger = self.replica.ledger
+        self._durable: Any = self.ledger if hasattr(self.ledger, "sync") else None
+        """The SQLite ledger (group commit, certificates, evidence), or None in memory."""
         me = LocalIdentity(key, Role.NODE, node_id)
         self.listener = Listener(manifest.group_id, me, self._authorize, self._on_frame,
                                  log=log.debug)
@@ -160,7 +164,9 @@ class Node:
             from dropbear.inference.null import NullExecutor
 
             null: Any = NullExecutor(repository.config(info.model), info.model_version.hex())
-            return cls(manifest, node_id, key, null, repository, settings, ledger)
+            node = cls(manifest, node_id, key, null, repository, settings, ledger)
+            await node._restore_model()
+            return node
         model = await trio.to_thread.run_sync(
             repository.load, info.model, info.model_version.hex()
         )
@@ -171,7 +177,21 @@ class Node:
                 max_queue_delay=settings.max_queue_delay,
             )
         )
-        return cls(manifest, node_id, key, executor, repository, settings, ledger)
+        node = cls(manifest, node_id, key, executor, repository, settings, ledger)
+        await node._restore_model()
+        return node
+
+    async def _restore_model(self) -> None:
+        """After a restart the ledger may have ordered model updates of ours: serve the
+        version current at the end of our log, not the manifest's genesis version."""
+        version = self.replica.state.versions[self.node_id]
+        if version.hex() == str(self.executor.version):
+            return
+        name = self.executor.config.name
+        model = await trio.to_thread.run_sync(self.repository.load, name, version.hex())
+        await self.executor.stage(model)
+        self.executor.switch(version.hex())
+        log.info("restored model %s version %s from the ledger", name, version.hex()[:12])
 
     # --- running ---------------------------------------------------------------------------
 
@@ -285,6 +305,8 @@ class Node:
         self._apply(self.replica.handle(event))
 
     def _apply(self, actions: Sequence[Action]) -> None:
+        if self._durable is not None:
+            self._persist(actions)
         for action in actions:
             match action:
                 case Send(to, message):
@@ -315,6 +337,22 @@ class Node:
                     log.warning("evidence of misbehaviour: %s", evidence)
                 case _:
                     raise TypeError(f"unknown action {action!r}")
+
+    def _persist(self, actions: Sequence[Action]) -> None:
+        """Group commit: what the replica wrote for this event (batches, signed statements,
+        view, prepared proofs) plus the certificates, model updates and evidence among its
+        actions, in one transaction made durable before any of the actions is carried out.
+        A failed write raises LedgerError: the node stops without sending them."""
+        ledger = self._durable
+        for action in actions:
+            match action:
+                case Reply(_, certificate):
+                    ledger.save_certificate(certificate)
+                case Deliver():
+                    ledger.record_delivery(action)
+                case RecordEvidence(evidence):
+                    ledger.save_evidence(evidence)
+        ledger.sync()
 
     async def _infer(self, action: RequestInference) -> None:
         """Runs the model on the requests (in the executor's batches) and votes."""
@@ -363,6 +401,9 @@ class Node:
         match kind:
             case control.Control.STATUS_QUERY:
                 sender.send(control.encode(control.Control.STATUS, self.status()))
+            case control.Control.CERTIFICATE_QUERY:
+                sender.send(control.encode(control.Control.CERTIFICATE,
+                                           self._certificate_answer(body)))
             case control.Control.UPDATE:
                 ok, message = await self._stage_update(body)
                 self._ack(sender, ok, message)
@@ -405,6 +446,23 @@ class Node:
         return True, (f"node {self.node_id}: version {update.model_version.hex()[:12]} of "
                       f"{name!r} is warm; it serves from the update's place in the order")
 
+    def _certificate_answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A past certificate by (client key, request id): from the ledger, else the
+        replica's bounded reply cache."""
+        try:
+            client = bytes.fromhex(str(body.get("client", "")))
+            request_id = int(body.get("request_id", -1))
+        except (TypeError, ValueError):
+            return {"node": self.node_id, "certificate": None,
+                    "error": "client must be a hex key and request_id an integer"}
+        cert = None
+        if self._durable is not None:
+            cert = self._durable.certificate(client, request_id)
+        if cert is None:
+            cert = self.replica._replies.get((client, request_id))
+        return {"node": self.node_id,
+                "certificate": None if cert is None else certificates.to_dict(cert)}
+
     def status(self) -> dict[str, Any]:
         replica = self.replica
         return {
@@ -413,6 +471,8 @@ class Node:
             "primary": replica.primary,
             "view_active": replica.active,
             "executed_seq": replica.executed,
+            "ledger_seq": self.ledger.last_seq(),
+            "ledger": str(self._durable.path) if self._durable is not None else "memory",
             "stable_seq": replica.stable_seq,
             "model": self.executor.config.name,
             "model_version": str(self.executor.version),
