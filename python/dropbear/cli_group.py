@@ -118,6 +118,9 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path,
                         help="where the node's ledger lives (default: data/ beside the manifest; "
                              "the file is node-ID.db)")
+    parser.add_argument("--ledger-sync", choices=["full", "normal"], default="full",
+                        help="full (default): every commit fsyncs, survives power loss; "
+                             "normal: survives a process crash (kill -9), not power loss")
     parser.add_argument("--ledger-max-pages", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--exit-with-parent", action="store_true",
@@ -145,18 +148,21 @@ def node(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or args.manifest.parent / "data"
     try:
         ledger = SqliteLedger(data_dir / f"node-{args.id}.db", group_id=manifest.group_id,
-                              node=args.id, group_commit=True, max_pages=args.ledger_max_pages)
+                              node=args.id, group_commit=True, max_pages=args.ledger_max_pages,
+                              synchronous=args.ledger_sync)
     except LedgerError as error:
         return _fail(f"node {args.id}: {error}")
     logging.info("ledger %s: %d committed batches", ledger.path, ledger.last_seq())
 
     async def main() -> None:
-        replica_node = await Node.load(manifest, args.id, key, settings, ledger)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(replica_node.run)
-            if args.exit_with_parent:
-                nursery.start_soon(_exit_with_parent, nursery.cancel_scope, os.getppid())
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Catch SIGINT/SIGTERM from the start: one that comes while the node loads or right
+        # after it says it serves still stops it cleanly (exit 0), never by the default action.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            replica_node = await Node.load(manifest, args.id, key, settings, ledger)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replica_node.run)
+                if args.exit_with_parent:
+                    nursery.start_soon(_exit_with_parent, nursery.cancel_scope, os.getppid())
                 async for signum in signals:
                     logging.info("stopping on %s", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()

@@ -159,7 +159,11 @@ class SqliteLedger:
 
     def __init__(self, path: Path | str, *, group_id: bytes | None = None,
                  node: int | None = None, group_commit: bool = False,
-                 max_pages: int | None = None, check: bool = True) -> None:
+                 max_pages: int | None = None, check: bool = True,
+                 synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL"):
+            raise LedgerError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self.synchronous = synchronous.upper()
         self.path = Path(path)
         self.group_commit = group_commit
         self._in_tx = False
@@ -202,7 +206,7 @@ class SqliteLedger:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise LedgerError(f"ledger {self.path}: cannot switch to WAL mode (got {mode})")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
         if max_pages is not None:
             db.execute(f"PRAGMA max_page_count={int(max_pages)}")
