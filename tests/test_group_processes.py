@@ -712,3 +712,25 @@ def test_nodes_stop_when_up_is_killed(tmp_path) -> None:
         time.sleep(0.1)
     assert not [pid for pid in nodes if alive(pid)], "nodes outlived their killed launcher"
     assert "launcher" in log_tails(group_dir) and "is gone: stopping" in log_tails(group_dir)
+
+
+def test_node_stops_cleanly_on_sigterm_right_after_it_serves(tmp_path) -> None:
+    """SIGTERM the moment a node logs that it serves: it still exits 0 (handled, not the
+    default action)."""
+    manifest = init_group(tmp_path / "group", base_port=0, models_dir=MODELS,
+                          models=["digits-mlp"])
+    node = subprocess.Popen(
+        [sys.executable, "-m", "dropbear", "node", "--id", "0", "--models-dir", str(MODELS),
+         "--manifest", str(tmp_path / "group" / MANIFEST_FILE), "--max-batch-size", "1"],
+        stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        for line in node.stderr:
+            if "serving on" in line:
+                node.send_signal(signal.SIGTERM)
+                break
+        assert node.wait(timeout=30) == 0, node.stderr.read()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert manifest.n == 4
