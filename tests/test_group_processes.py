@@ -379,13 +379,21 @@ async def test_forged_client_signatures_are_refused(group, digits) -> None:
         raw.send_all(wrong_signer.encoded)
         raw.send_all(swapped.encoded)
         raw.send_all(stolen.encoded)
-        assert await raw.wait_for(lambda: len(raw.rejects()) >= 4, 10), raw.rejects()
-        assert all("another client key" in reason for _, _, reason in raw.rejects())
+        assert await raw.wait_for(lambda: len(raw.rejects()) >= 16, 10), raw.rejects()
         await trio.sleep(1.0)
         raw.send_all(honest.encoded)
         assert await raw.wait_for(lambda: raw.replies(base), 15), (
             "the honest request after a forgery of it got no certificate")
         await trio.sleep(1.5)  # time for any wrongly accepted forgery to be certified
+        forgeries = list(raw.rejects())
+        # A replay of the certified id with other input: refused, with the reason.
+        replay = Request.create(honest_key, gid, base, "float32", (8, 8, 1),
+                                digits.x_test[23].tobytes())
+        raw.send_all(replay.encoded)
+        assert await raw.wait_for(lambda: len(raw.rejects()) >= len(forgeries) + 4, 10)
+        replays = raw.rejects()[len(forgeries):]
+        assert sorted(node for node, _, _ in replays) == [0, 1, 2, 3]
+        assert all(rid == base and "ordered already" in reason for _, rid, reason in replays)
         nursery.cancel_scope.cancel()
 
     certified = raw.replies()
@@ -394,10 +402,17 @@ async def test_forged_client_signatures_are_refused(group, digits) -> None:
         assert reply.verify(manifest.node_key(reply.node))
         verify(reply.certificate, manifest)
         assert reply.certificate.entry.request == honest.digest
-    # Only the stolen request is answered with a REJECT (by every node, once); the forgeries
-    # are dropped where their signature is checked.
-    assert sorted((node, rid) for node, rid, _ in raw.rejects()) == [
-        (node, base + 3) for node in range(4)]
+    # Every node refuses each forgery once, saying what was wrong with it.
+    assert sorted((node, rid) for node, rid, _ in forgeries) == [
+        (node, base + i) for node in range(4) for i in range(4)]
+    expected = {
+        base: "the client signature does not verify",
+        base + 1: "the client signature does not verify",
+        base + 2: "the input bytes do not match the signed input digest",
+        base + 3: "another client key",
+    }
+    for node, rid, reason in forgeries:
+        assert expected[rid] in reason, (node, rid, reason)
 
     # Nothing of the forgeries waits anywhere, and honest traffic flows.
     async with Client.connect(manifest, group.client_key) as client:

@@ -111,6 +111,10 @@ class Client:
         while (self._pending
                and self._next_id - min(self._pending) >= limits.MAX_INFLIGHT_PER_CLIENT):
             await self._slot_freed.wait()
+        if not self._pending:
+            # Ids start from the clock, so a restarted client (or another process sharing
+            # this key, one after the other) is never below the nodes' replay window.
+            self._next_id = max(self._next_id, time.time_ns() // 1000)
         request_id = self._next_id
         self._next_id += 1
         request = Request.create(self.key, self.manifest.group_id, request_id,

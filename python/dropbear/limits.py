@@ -57,6 +57,9 @@ NET_CONNECT_TIMEOUT_S = 3.0
 NET_RECONNECT_BACKOFF_MIN_S = 0.05
 NET_RECONNECT_BACKOFF_MAX_S = 2.0
 """Reconnect delays double from the minimum up to the maximum (with jitter)."""
+NET_SEND_BATCH_FRAMES = 256
+NET_SEND_BATCH_BYTES = 1 << 20
+"""Queued frames (and bytes) one write to a peer may carry."""
 
 # --- consensus ---------------------------------------------------------------------------
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -97,9 +100,9 @@ SEQ_WINDOW = 64
 """Sequence numbers accepted above the last stable checkpoint (PBFT's high watermark)."""
 CHECKPOINT_INTERVAL = 16
 """K: a CHECKPOINT every K sequence numbers; the log below a stable one is discarded."""
-PIPELINE_DEPTH = 4
+PIPELINE_DEPTH = 16
 """Batches the primary keeps in flight beyond the last executed one."""
-VOTE_WAIT = 0.05
+VOTE_WAIT = 0.02
 """Seconds the primary waits, past 2f+1 votes, for the remaining nodes' votes."""
 REQUEST_TIMEOUT = 1.0
 """Seconds a backup waits for an orderable request to commit before it suspects the primary."""

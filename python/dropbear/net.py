@@ -31,7 +31,12 @@ from dropbear.limits import (
     NET_PEER_SEND_QUEUE,
     NET_RECONNECT_BACKOFF_MAX_S,
     NET_RECONNECT_BACKOFF_MIN_S,
+    NET_SEND_BATCH_BYTES,
+    NET_SEND_BATCH_FRAMES,
 )
+
+NET_READ_COMPACT_BYTES = 1 << 20
+"""A receive buffer drops the bytes already read once this many have piled up."""
 
 HELLO_MAGIC = b"DBHELLO1"
 HANDSHAKE_CONTEXT = b"dropbear/handshake/v1"
@@ -100,38 +105,56 @@ class FramedStream:
         self.stream = stream
         self.max_frame = max_frame
         self._buffer = bytearray()
+        self._pos = 0
+        """Where the unread bytes of ``_buffer`` start."""
 
     async def send(self, payload: bytes) -> None:
-        if len(payload) > self.max_frame:
-            raise FrameTooLarge(
-                f"frame of {len(payload)} bytes exceeds NET_MAX_FRAME_BYTES={self.max_frame}"
-            )
+        await self.send_many([payload])
+
+    async def send_many(self, payloads: list[bytes]) -> None:
+        """Sends frames in one write (one deadline, one system call for small frames)."""
+        parts = []
+        for payload in payloads:
+            if len(payload) > self.max_frame:
+                raise FrameTooLarge(
+                    f"frame of {len(payload)} bytes exceeds NET_MAX_FRAME_BYTES={self.max_frame}"
+                )
+            parts += (_HEADER.pack(len(payload)), payload)
         with trio.fail_after(NET_FRAME_TIMEOUT_S):
-            await self.stream.send_all(_HEADER.pack(len(payload)) + payload)
+            await self.stream.send_all(b"".join(parts))
 
     async def _fill(self, n: int) -> None:
-        while len(self._buffer) < n:
-            chunk = await self.stream.receive_some(max(65536, n - len(self._buffer)))
+        """Reads until ``n`` unread bytes are buffered."""
+        while len(self._buffer) - self._pos < n:
+            chunk = await self.stream.receive_some(max(65536, n))
             if not chunk:
                 raise NetError(
-                    f"connection closed by peer after {len(self._buffer)} of {n} bytes"
+                    f"connection closed by peer after {len(self._buffer) - self._pos} of {n} "
+                    "bytes"
                 )
             self._buffer += chunk
 
     async def receive(self, idle_timeout: float = NET_IDLE_TIMEOUT_S) -> bytes:
-        """The next frame's payload (b"" for a heartbeat)."""
-        with trio.fail_after(idle_timeout):
-            await self._fill(_HEADER.size)
-        (length,) = _HEADER.unpack_from(self._buffer)
+        """The next frame's payload (b"" for a heartbeat). A frame already buffered is
+        returned without waiting (and without setting up a deadline)."""
+        if len(self._buffer) - self._pos < _HEADER.size:
+            with trio.fail_after(idle_timeout):
+                await self._fill(_HEADER.size)
+        (length,) = _HEADER.unpack_from(self._buffer, self._pos)
         if length > self.max_frame:
             raise FrameTooLarge(
                 f"peer announced a frame of {length} bytes; "
                 f"NET_MAX_FRAME_BYTES is {self.max_frame}"
             )
-        with trio.fail_after(NET_FRAME_TIMEOUT_S):
-            await self._fill(_HEADER.size + length)
-        payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
-        del self._buffer[: _HEADER.size + length]
+        if len(self._buffer) - self._pos < _HEADER.size + length:
+            with trio.fail_after(NET_FRAME_TIMEOUT_S):
+                await self._fill(_HEADER.size + length)
+        start = self._pos + _HEADER.size
+        payload = bytes(self._buffer[start : start + length])
+        self._pos = start + length
+        if self._pos == len(self._buffer) or self._pos > NET_READ_COMPACT_BYTES:
+            del self._buffer[: self._pos]
+            self._pos = 0
         return payload
 
 
@@ -205,16 +228,25 @@ class Outbox:
 
 
 async def _pump(framed: FramedStream, outbox: Outbox, delay_s: float = 0.0) -> None:
-    """Sends queued frames, and a heartbeat whenever the queue stays empty for a while."""
+    """Sends queued frames, several per write, and a heartbeat whenever the queue stays
+    empty for a while."""
     while True:
         queued_at, payload = 0.0, b""
         with trio.move_on_after(NET_HEARTBEAT_INTERVAL_S):
             queued_at, payload = await outbox._receive.receive()
-        if delay_s and payload:
-            # Each frame leaves delay_s after it was queued: a pipe of that latency, not a
+        batch, size = [payload], len(payload)
+        while len(batch) < NET_SEND_BATCH_FRAMES and size < NET_SEND_BATCH_BYTES:
+            try:
+                queued_at, payload = outbox._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            batch.append(payload)
+            size += len(payload)
+        if delay_s and size:
+            # Frames leave delay_s after they were queued: a pipe of that latency, not a
             # pause per frame, so a delayed link keeps its throughput.
             await trio.sleep_until(queued_at + delay_s)
-        await framed.send(payload)
+        await framed.send_many(batch)
 
 
 async def _read(

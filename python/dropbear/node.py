@@ -34,6 +34,7 @@ from dropbear.consensus import (
     ModelUpdateReady,
     Receive,
     RecordEvidence,
+    Refuse,
     Replica,
     ReplicaConfig,
     Reply,
@@ -332,6 +333,13 @@ class Node:
                     reply = ReplyMessage(self.manifest.group_id, self.node_id, certificate)
                     if self.listener.send_to(client, reply.signed(self.key).encoded):
                         self.replies_sent += 1
+                case Refuse(client, request_id, reason):
+                    self.rejected += 1
+                    log.info("refused request %d of client %s: %s", request_id,
+                             client.hex()[:12], reason)
+                    self.listener.send_to(client, control.encode(
+                        control.Control.REJECT,
+                        {"request_id": request_id, "reason": reason, "node": self.node_id}))
                 case RecordEvidence(evidence):
                     self.evidence.append(action)
                     log.warning("evidence of misbehaviour: %s", evidence)

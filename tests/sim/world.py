@@ -25,6 +25,7 @@ from dropbear.consensus import (
     ModelUpdateReady,
     Receive,
     RecordEvidence,
+    Refuse,
     Replica,
     ReplicaConfig,
     Reply,
@@ -202,6 +203,8 @@ class World:
                     self._to_client(node, client, certificate)
                 case RecordEvidence(evidence):
                     self.checker.on_evidence(node, evidence)
+                case Refuse():
+                    pass  # a client re-sends until certified; refusals only explain delays
 
     def _timer(self, node: SimNode, name: str, token: int, epoch: int) -> None:
         if node.up and node.epoch == epoch and node.timers.get(name) == token:

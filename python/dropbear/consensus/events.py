@@ -128,6 +128,15 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Refuse:
+    """Tell ``client`` that its request ``request_id`` was not accepted, and why."""
+
+    client: bytes
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class RecordEvidence:
     """A node signed two conflicting things; keep and export this evidence."""
 
@@ -143,5 +152,6 @@ Action = (
     | ActivateModel
     | Deliver
     | Reply
+    | Refuse
     | RecordEvidence
 )

@@ -30,6 +30,7 @@ from dropbear.consensus.events import (
     ModelUpdateReady,
     Receive,
     RecordEvidence,
+    Refuse,
     Reply,
     RequestInference,
     Send,
@@ -57,6 +58,7 @@ from dropbear.wire import (
     PrePrepare,
     Proposal,
     Request,
+    RequestHeader,
     Statement,
     ViewChange,
     Votes,
@@ -335,7 +337,8 @@ class Replica:
             return
         match message:
             case Request():
-                self._on_client_requests([message])
+                # Refusals go to the client only when it sent the request itself.
+                self._on_client_requests([message], refuse=sender is None)
             case Votes():
                 self._on_votes(message)
             case ModelUpdate():
@@ -385,16 +388,26 @@ class Replica:
 
     # --- requests, votes, model updates -------------------------------------------------
 
-    def _on_client_requests(self, requests: list[Request]) -> None:
+    def _on_client_requests(self, requests: list[Request], refuse: bool = True) -> None:
+        """Accepts fresh, well-signed requests within the limits; tells the client why the
+        others were refused (when ``refuse``: the client sent them to us itself)."""
+
+        def refuse_with(head: RequestHeader, reason: str) -> None:
+            if refuse:
+                self._out.append(Refuse(head.client, head.request_id, reason))
+
         candidates: list[Request] = []
         seen: set[bytes] = set()
         retransmitted = False
         for request in requests:
             head = request.header
             digest = head.digest
-            if head.group_id != self.gid or digest in seen or not request.data_matches():
+            if head.group_id != self.gid or digest in seen:
                 continue
             seen.add(digest)
+            if not request.data_matches():
+                refuse_with(head, "the input bytes do not match the signed input digest")
+                continue
             if digest in self._requests:  # a retransmission: help the stragglers
                 mine = self._my_votes.get(digest)
                 if mine is not None:
@@ -406,16 +419,28 @@ class Replica:
                 self._out.append(Reply(head.client, cached))
                 continue
             if not self.state.fresh(head.client, head.request_id):
+                refuse_with(head, f"request id {head.request_id} was ordered already or is "
+                                   f"below the client's replay window (ids must stay within "
+                                   f"MAX_INFLIGHT_PER_CLIENT={L.MAX_INFLIGHT_PER_CLIENT} of "
+                                   "the oldest unordered one)")
                 continue
             pending = self._by_client.get(head.client, ())
             if len(pending) >= L.MAX_INFLIGHT_PER_CLIENT:
+                refuse_with(head, f"client has {len(pending)} requests pending "
+                                   f"(MAX_INFLIGHT_PER_CLIENT={L.MAX_INFLIGHT_PER_CLIENT})")
                 continue
             if len(self._requests) + len(candidates) >= L.MAX_PENDING_REQUESTS:
+                refuse_with(head, f"node busy: {L.MAX_PENDING_REQUESTS} requests pending "
+                                   "(MAX_PENDING_REQUESTS)")
                 continue
             if len(self._by_client) >= L.MAX_CLIENTS and head.client not in self._by_client:
+                refuse_with(head, f"{L.MAX_CLIENTS} clients have requests pending "
+                                   "(MAX_CLIENTS)")
                 continue
             candidates.append(request)
         bad = set(_core.batch_verify([r.header.check_item(r.header.client) for r in candidates]))
+        for i in sorted(bad):
+            refuse_with(candidates[i].header, "the client signature does not verify")
         accepted = tuple(r for i, r in enumerate(candidates) if i not in bad)
         for request in accepted:
             self._requests[request.digest] = request
