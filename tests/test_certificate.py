@@ -204,3 +204,28 @@ def test_one_batch_shares_its_signed_part_and_each_half_checks_its_own_steps():
     assert signed_part(moved) == signed_part(second)
     with pytest.raises(CertificateError, match="inclusion proof"):
         verify_entry(moved, M)
+
+
+def test_build_many_equals_build_one_by_one():
+    from dropbear.certificate import build_many
+
+    entries = []
+    for i in range(7):
+        request = Request.create(GROUP.node_keys[0], M.group_id, i, "uint8", (1,), bytes([i]))
+        votes = [EntryVote(node, bytes([node]) * 32, i % 3, 0.5) for node in range(4)]
+        entries.append(make_entry(request.header, votes, M.threshold))
+    leaves = [e.encoded for e in entries]
+    root = _core.merkle_root(leaves)
+    commits = [
+        Commit(Statement(Kind.COMMIT, M.group_id, i, 0, 4, len(leaves), root)).signed(
+            GROUP.node_keys[i]
+        )
+        for i in range(3)
+    ]
+    chosen = [(0, entries[0]), (3, entries[3]), (6, entries[6])]
+    many = build_many(M.group_id, 0, 4, leaves, chosen, commits)
+    assert many == [build(M.group_id, 0, 4, leaves, i, e, commits) for i, e in chosen]
+    for cert in many:
+        verify(cert, M)
+    with pytest.raises(ValueError, match="leaf 1 is not the entry's encoding"):
+        build_many(M.group_id, 0, 4, leaves, [(1, entries[2])], commits)

@@ -53,6 +53,8 @@ def test_empty_tree_and_single_leaf() -> None:
     assert _core.merkle_root([b"only"]) == hashlib.sha256(b"\x00only").digest()
     assert _core.merkle_leaf_hash(b"only") == hashlib.sha256(b"\x00only").digest()
     assert _core.merkle_proof([b"only"], 0) == []
+    assert _core.merkle_proofs([b"only"]) == [[]]
+    assert _core.merkle_proofs([]) == []
     assert _core.merkle_verify(b"only", 0, 1, [], _core.merkle_root([b"only"]))
     with pytest.raises(IndexError, match="leaf index 0 is out of range for a tree of 0"):
         _core.merkle_proof([], 0)
@@ -64,8 +66,11 @@ def test_every_proof_of_every_leaf_verifies(n: int, salt: int) -> None:
     leaves = unique_leaves(n, salt)
     root = _core.merkle_root(leaves)
     assert root == reference_root(leaves)
+    all_proofs = _core.merkle_proofs(leaves)
+    assert len(all_proofs) == n
     for i in range(n):
         proof = _core.merkle_proof(leaves, i)
+        assert all_proofs[i] == proof
         assert len(proof) == len(path_shape(i, n))
         assert _core.merkle_verify(leaves[i], i, n, proof, root)
 

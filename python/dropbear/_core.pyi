@@ -58,6 +58,9 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
 def merkle_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """The inclusion proof of leaf ``index``, bottom up; IndexError when out of range."""
 
+def merkle_proofs(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """The inclusion proof of every leaf, in order, from one pass over the tree."""
+
 def merkle_verify(
     leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
 ) -> bool:

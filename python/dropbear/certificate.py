@@ -61,6 +61,38 @@ def build(
     )
 
 
+def build_many(
+    group_id: bytes,
+    view: int,
+    seq: int,
+    leaves: Sequence[bytes],
+    entries: Sequence[tuple[int, RequestEntry]],
+    commits: Sequence[Commit],
+) -> list[Certificate]:
+    """The certificates of several entries ``(leaf index, entry)`` of one committed batch,
+    from one pass over its Merkle tree."""
+    for index, entry in entries:
+        if leaves[index] != entry.encoded:
+            raise ValueError(f"leaf {index} is not the entry's encoding")
+    root = _core.merkle_root(leaves)
+    proofs = _core.merkle_proofs(leaves) if entries else []
+    signatures = tuple(sorted((c.node, c.signature) for c in commits))
+    return [
+        Certificate(
+            group_id=group_id,
+            view=view,
+            seq=seq,
+            tree_size=len(leaves),
+            leaf_index=index,
+            root=root,
+            entry=entry,
+            proof=tuple(proofs[index]),
+            signatures=signatures,
+        )
+        for index, entry in entries
+    ]
+
+
 def verify(cert: Certificate, manifest: Manifest) -> None:
     """Raises CertificateError unless ``cert`` verifies against ``manifest`` (steps 1-5)."""
     verify_entry(cert, manifest)

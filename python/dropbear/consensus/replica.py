@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from dropbear import _core
 from dropbear import limits as L
-from dropbear.certificate import build as build_certificate
+from dropbear.certificate import build_many as build_certificates
 from dropbear.consensus import proofs
 from dropbear.consensus.events import (
     Action,
@@ -849,17 +849,19 @@ class Replica:
             if i not in valid:
                 void.append(entry)
                 continue
-            certified.append(entry)
+            certified.append((i, entry))
             self._forget_request(entry.request, entry.client)
-            if self._replaying:
-                continue
-            cert = build_certificate(
-                self.gid, cb.view, cb.seq, derived.leaves, i, entry, cb.commits
+        if not self._replaying:
+            certs = build_certificates(
+                self.gid, cb.view, cb.seq, derived.leaves, certified, cb.commits
             )
-            self._replies[(entry.client, entry.request_id)] = cert
+            for cert in certs:
+                entry = cert.entry
+                self._replies[(entry.client, entry.request_id)] = cert
+                replies.append(Reply(entry.client, cert))
             while len(self._replies) > L.MAX_REPLY_CACHE:
                 self._replies.popitem(last=False)
-            replies.append(Reply(entry.client, cert))
+        certified = [entry for _, entry in certified]
         for client in {e.client for e in certified}:
             for digest in list(self._by_client.get(client, ())):
                 head = self._requests[digest].header

@@ -100,9 +100,14 @@ class ClientWindow:
 
     def use(self, request_id: int) -> None:
         self.ordered.add(request_id)
-        if request_id >= self.low + MAX_INFLIGHT_PER_CLIENT:
-            self.low = request_id - MAX_INFLIGHT_PER_CLIENT + 1
-            self.ordered = {i for i in self.ordered if i >= self.low}
+        low = request_id - MAX_INFLIGHT_PER_CLIENT + 1
+        if low > self.low:
+            if low - self.low <= MAX_INFLIGHT_PER_CLIENT:  # slide: drop the ids passed
+                for passed in range(self.low, low):
+                    self.ordered.discard(passed)
+            else:
+                self.ordered = {i for i in self.ordered if i >= low}
+            self.low = low
 
     def copy(self) -> ClientWindow:
         return ClientWindow(self.low, set(self.ordered))

@@ -101,6 +101,28 @@ pub fn inclusion_proof<L: AsRef<[u8]> + Sync>(
     Ok(proof)
 }
 
+/// The inclusion proofs of every leaf, from one pass over the tree (a batch's certificates).
+pub fn inclusion_proofs<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Vec<Vec<Hash>> {
+    let mut levels = vec![leaf_level(leaves)];
+    while levels.last().is_some_and(|level| level.len() > 1) {
+        let next = next_level(levels.last().expect("levels is never empty"));
+        levels.push(next);
+    }
+    (0..leaves.len())
+        .map(|index| {
+            let mut i = index;
+            let mut proof = Vec::with_capacity(levels.len());
+            for level in &levels[..levels.len() - 1] {
+                if let Some(sibling) = level.get(i ^ 1) {
+                    proof.push(*sibling);
+                }
+                i /= 2;
+            }
+            proof
+        })
+        .collect()
+}
+
 /// RFC 9162 §2.1.3.2: does `proof` show that `leaf` is leaf `index` of the tree of
 /// `tree_size` leaves with root `root`?
 pub fn verify_inclusion(
@@ -194,6 +216,18 @@ mod tests {
                 }
             }
         }
+        for n in [1usize, 2, 3, 5, 8, 13, 64, 100] {
+            let leaves: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf {i}").into_bytes()).collect();
+            let all = inclusion_proofs(&leaves);
+            for (i, proof) in all.iter().enumerate() {
+                assert_eq!(
+                    *proof,
+                    inclusion_proof(&leaves, i as u64).unwrap(),
+                    "n = {n}, i = {i}"
+                );
+            }
+        }
+        assert!(inclusion_proofs::<Vec<u8>>(&[]).is_empty());
         assert!(matches!(
             inclusion_proof(&[b"a".to_vec()], 1),
             Err(CoreError::IndexOutOfRange { index: 1, size: 1 })

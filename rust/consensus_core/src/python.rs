@@ -152,6 +152,19 @@ fn merkle_proof<'py>(
     Ok(proof.iter().map(|h| PyBytes::new(py, h)).collect())
 }
 
+/// The inclusion proofs of every leaf, computed in one pass over the tree.
+#[pyfunction]
+fn merkle_proofs<'py>(
+    py: Python<'py>,
+    leaves: Vec<PyBackedBytes>,
+) -> Vec<Vec<Bound<'py, PyBytes>>> {
+    let proofs = py.detach(|| merkle::inclusion_proofs(&leaves));
+    proofs
+        .iter()
+        .map(|proof| proof.iter().map(|h| PyBytes::new(py, h)).collect())
+        .collect()
+}
+
 /// RFC 9162 §2.1.3.2 verification of an inclusion proof; hashes of the wrong length raise.
 #[pyfunction]
 fn merkle_verify(
@@ -282,6 +295,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merkle_leaf_hash, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_proof, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_proofs, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_verify, m)?)?;
     m.add("MAX_EVIDENCE", quorum::MAX_EVIDENCE)?;
     Ok(())

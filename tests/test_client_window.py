@@ -1,0 +1,23 @@
+"""The per-client replay window: ids below the window or already ordered are refused."""
+
+from dropbear.consensus.state import ClientWindow
+from dropbear.limits import MAX_INFLIGHT_PER_CLIENT as W
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 5 * W), max_size=300))
+def test_window_matches_its_definition(ids: list[int]) -> None:
+    window, used = ClientWindow(), []
+    for request_id in ids:
+        if not window.fresh(request_id):
+            continue
+        window.use(request_id)
+        used.append(request_id)
+        low = max(0, max(used) - W + 1)
+        # Fresh exactly when at or above the window's floor and not used yet.
+        for probe in range(max(0, low - 3), max(used) + 3):
+            assert window.fresh(probe) == (probe >= low and probe not in used), probe
+        assert all(i >= window.low for i in window.ordered)
+        assert len(window.ordered) <= W
