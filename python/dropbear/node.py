@@ -139,6 +139,9 @@ class Node:
         self._timers: dict[str, float] = {}
         self._timers_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._held: list[Action] = []
+        """Actions waiting for the group commit that makes their cause durable."""
+        self._flush_scheduled = False
         self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
         self.evidence: deque[RecordEvidence] = deque(maxlen=limits.NODE_MAX_EVIDENCE)
         self.replies_sent = 0
@@ -306,8 +309,29 @@ class Node:
         self._apply(self.replica.handle(event))
 
     def _apply(self, actions: Sequence[Action]) -> None:
-        if self._durable is not None:
-            self._persist(actions)
+        """Carries out the replica's actions; with a durable ledger, holds them until the
+        group commit that covers them (see :meth:`_flush`)."""
+        if self._durable is None:
+            self._carry_out(actions)
+            return
+        self._record(actions)
+        self._held.extend(actions)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        """Group commit: one transaction (one fsync) for every event handled since the last
+        one, committed before any of their actions is carried out."""
+        await trio.sleep(0)  # let the tasks already woken handle their frames first
+        self._flush_scheduled = False
+        held, self._held = self._held, []
+        assert self._durable is not None
+        self._durable.sync()
+        self._carry_out(held)
+
+    def _carry_out(self, actions: Sequence[Action]) -> None:
         for action in actions:
             match action:
                 case Send(to, message):
@@ -346,11 +370,11 @@ class Node:
                 case _:
                     raise TypeError(f"unknown action {action!r}")
 
-    def _persist(self, actions: Sequence[Action]) -> None:
-        """Group commit: what the replica wrote for this event (batches, signed statements,
-        view, prepared proofs) plus the certificates, model updates and evidence among its
-        actions, in one transaction made durable before any of the actions is carried out.
-        A failed write raises LedgerError: the node stops without sending them."""
+    def _record(self, actions: Sequence[Action]) -> None:
+        """Adds the certificates, deliveries and evidence among ``actions`` to the open
+        group-commit transaction, beside what the replica wrote (batches, signed statements,
+        view, prepared proofs). A failed write raises LedgerError: the node stops without
+        sending anything that depends on it."""
         ledger = self._durable
         for action in actions:
             match action:
@@ -360,7 +384,6 @@ class Node:
                     ledger.record_delivery(action)
                 case RecordEvidence(evidence):
                     ledger.save_evidence(evidence)
-        ledger.sync()
 
     async def _infer(self, action: RequestInference) -> None:
         """Runs the model on the requests (in the executor's batches) and votes."""
