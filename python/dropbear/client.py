@@ -193,7 +193,8 @@ class Client:
         node = peer.node_id
         if kind is control.Control.REJECT:
             pending = self._pending.get(body.get("request_id"))
-            if pending is not None and node is not None:
+            # A full limit may clear (a lagging node catches up): keep re-sending then.
+            if pending is not None and node is not None and not body.get("transient"):
                 pending.rejects[node] = str(body.get("reason"))
                 if len(pending.rejects) >= self.manifest.f + 1:
                     pending.done.set()

@@ -267,16 +267,15 @@ class Node:
         except trio.WouldBlock:
             self._reject(peer, sender, head.request_id,
                          f"node busy: {limits.NODE_INTAKE_QUEUE} requests waiting "
-                         "(NODE_INTAKE_QUEUE)")
+                         "(NODE_INTAKE_QUEUE)", transient=True)
 
     def _reject(self, peer: PeerIdentity, sender: Sender, request_id: int | None,
-                reason: str) -> None:
+                reason: str, transient: bool = False) -> None:
         self.rejected += 1
         log.info("refused a request from %s: %s", peer, reason)
-        sender.send(
-            control.encode(control.Control.REJECT, {"request_id": request_id, "reason": reason,
-                                                   "node": self.node_id}),
-        )
+        sender.send(control.encode(control.Control.REJECT, {
+            "request_id": request_id, "reason": reason, "node": self.node_id,
+            "transient": transient}))
 
     async def _intake_loop(self) -> None:
         """Hands client requests to the replica in batches (one batch signature check)."""
@@ -357,13 +356,14 @@ class Node:
                     reply = ReplyMessage(self.manifest.group_id, self.node_id, certificate)
                     if self.listener.send_to(client, reply.signed(self.key).encoded):
                         self.replies_sent += 1
-                case Refuse(client, request_id, reason):
+                case Refuse(client, request_id, reason, transient):
                     self.rejected += 1
                     log.info("refused request %d of client %s: %s", request_id,
                              client.hex()[:12], reason)
                     self.listener.send_to(client, control.encode(
                         control.Control.REJECT,
-                        {"request_id": request_id, "reason": reason, "node": self.node_id}))
+                        {"request_id": request_id, "reason": reason, "node": self.node_id,
+                         "transient": transient}))
                 case RecordEvidence(evidence):
                     self.evidence.append(action)
                     log.warning("evidence of misbehaviour: %s", evidence)

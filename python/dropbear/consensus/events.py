@@ -134,6 +134,8 @@ class Refuse:
     client: bytes
     request_id: int
     reason: str
+    transient: bool = False
+    """A limit was full: the same request may be accepted later (the client re-sends)."""
 
 
 @dataclass(frozen=True)

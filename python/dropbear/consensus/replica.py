@@ -392,9 +392,9 @@ class Replica:
         """Accepts fresh, well-signed requests within the limits; tells the client why the
         others were refused (when ``refuse``: the client sent them to us itself)."""
 
-        def refuse_with(head: RequestHeader, reason: str) -> None:
+        def refuse_with(head: RequestHeader, reason: str, transient: bool = False) -> None:
             if refuse:
-                self._out.append(Refuse(head.client, head.request_id, reason))
+                self._out.append(Refuse(head.client, head.request_id, reason, transient))
 
         candidates: list[Request] = []
         seen: set[bytes] = set()
@@ -427,15 +427,16 @@ class Replica:
             pending = self._by_client.get(head.client, ())
             if len(pending) >= L.MAX_INFLIGHT_PER_CLIENT:
                 refuse_with(head, f"client has {len(pending)} requests pending "
-                                   f"(MAX_INFLIGHT_PER_CLIENT={L.MAX_INFLIGHT_PER_CLIENT})")
+                                   f"(MAX_INFLIGHT_PER_CLIENT={L.MAX_INFLIGHT_PER_CLIENT})",
+                            transient=True)
                 continue
             if len(self._requests) + len(candidates) >= L.MAX_PENDING_REQUESTS:
                 refuse_with(head, f"node busy: {L.MAX_PENDING_REQUESTS} requests pending "
-                                   "(MAX_PENDING_REQUESTS)")
+                                   "(MAX_PENDING_REQUESTS)", transient=True)
                 continue
             if len(self._by_client) >= L.MAX_CLIENTS and head.client not in self._by_client:
                 refuse_with(head, f"{L.MAX_CLIENTS} clients have requests pending "
-                                   "(MAX_CLIENTS)")
+                                   "(MAX_CLIENTS)", transient=True)
                 continue
             candidates.append(request)
         bad = set(_core.batch_verify([r.header.check_item(r.header.client) for r in candidates]))

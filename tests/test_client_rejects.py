@@ -1,0 +1,31 @@
+"""The client gives up on a request only when f+1 nodes refuse it for good."""
+
+import trio
+from dropbear import _core, control
+from dropbear.client import Client, _Pending
+from dropbear.net import PeerIdentity, Role
+from dropbear.wire import Request
+from sim.group import make_group
+
+GROUP = make_group(4)
+
+
+def reject(client: Client, node: int, request_id: int, transient: bool) -> None:
+    peer = PeerIdentity(Role.NODE, GROUP.manifest.node_key(node), node)
+    frame = control.encode(control.Control.REJECT, {
+        "request_id": request_id, "reason": "why", "node": node, "transient": transient})
+    client._on_control(peer, frame)
+
+
+async def test_transient_refusals_do_not_end_a_request() -> None:
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    request = Request.create(client.key, GROUP.manifest.group_id, 7, "uint8", (1,), b"\x01")
+    pending = client._pending[7] = _Pending(request)
+    for node in range(4):
+        reject(client, node, 7, transient=True)
+    assert not pending.done.is_set()
+    reject(client, 0, 7, transient=False)
+    assert not pending.done.is_set()  # one node (perhaps the faulty one) is not enough
+    reject(client, 1, 7, transient=False)
+    assert pending.done.is_set() and sorted(pending.rejects) == [0, 1]
+    await trio.sleep(0)
