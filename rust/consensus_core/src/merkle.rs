@@ -71,11 +71,36 @@ pub fn root<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Hash {
     if leaves.is_empty() {
         return sha256(b"");
     }
-    let mut level = leaf_level(leaves);
-    while level.len() > 1 {
-        level = next_level(&level);
+    subtree_root(leaves)
+}
+
+/// Subtrees of at most this many leaves are hashed on one core.
+const SEQUENTIAL_MAX_LEAVES: usize = 1024;
+
+/// RFC 9162's split at the largest power of two below `n`: the two halves are hashed on
+/// two cores (one hand-off per split instead of one per tree level).
+fn subtree_root<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Hash {
+    let n = leaves.len();
+    if n <= SEQUENTIAL_MAX_LEAVES {
+        let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+        while level.len() > 1 {
+            level = level
+                .chunks(2)
+                .map(|pair| match pair {
+                    [left, right] => node_hash(left, right),
+                    [single] => *single,
+                    _ => unreachable!("chunks(2) yields one or two nodes"),
+                })
+                .collect();
+        }
+        return level[0];
     }
-    level[0]
+    let mut k = 1;
+    while k * 2 < n {
+        k *= 2;
+    }
+    let (left, right) = rayon::join(|| subtree_root(&leaves[..k]), || subtree_root(&leaves[k..]));
+    node_hash(&left, &right)
 }
 
 /// The inclusion proof (audit path) of leaf `index`, from the leaf's sibling upwards.
@@ -174,6 +199,23 @@ mod tests {
                 }
                 node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
             }
+        }
+    }
+
+    #[test]
+    fn large_trees_split_across_cores_match_the_reference() {
+        for n in [1025usize, 1500, 2048, 3000, 4097] {
+            let leaves: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf {i}").into_bytes()).collect();
+            assert_eq!(root(&leaves), reference_root(&leaves), "n = {n}");
+            let i = n as u64 - 1;
+            let proof = inclusion_proof(&leaves, i).unwrap();
+            assert!(verify_inclusion(
+                &leaves[n - 1],
+                i,
+                n as u64,
+                &proof,
+                &root(&leaves)
+            ));
         }
     }
 
