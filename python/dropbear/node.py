@@ -490,7 +490,7 @@ class Node:
         if self._durable is not None:
             cert = self._durable.certificate(client, request_id)
         if cert is None:
-            cert = self.replica._replies.get((client, request_id))
+            cert = self.replica.cached_certificate(client, request_id)
         return {"node": self.node_id,
                 "certificate": None if cert is None else certificates.to_dict(cert)}
 
@@ -514,7 +514,7 @@ class Node:
                     min(limits.NODE_MAX_INFERENCE_INFLIGHT, self.executor.max_queue_length)
                     - self._inference_slots.value
                 ),
-                "pending_requests": len(replica._requests),
+                "pending_requests": replica.pending_requests,
                 "peer_outboxes": {str(p): link.outbox.depth() for p, link in self.links.items()},
             },
             "peers_connected": sorted(p for p, link in self.links.items() if link.connected),

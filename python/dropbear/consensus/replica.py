@@ -193,6 +193,15 @@ class Replica:
         """The last executed sequence number."""
         return self.state.seq
 
+    @property
+    def pending_requests(self) -> int:
+        """Accepted requests not yet executed."""
+        return len(self._requests)
+
+    def cached_certificate(self, client: bytes, request_id: int) -> Certificate | None:
+        """The certificate of a recently executed request (bounded by MAX_REPLY_CACHE)."""
+        return self._replies.get((client, request_id))
+
     def start(self) -> list[Action]:
         """Actions to run once when the node starts (or restarts)."""
         if self.state.seq or self.view or self.stable_seq:
