@@ -201,3 +201,28 @@ async def test_send_to_reaches_every_connection_of_a_key() -> None:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert got == [[b"answer"], [b"answer"]]
+
+
+async def test_a_delayed_link_is_a_pipe_not_a_pause_per_frame() -> None:
+    received: list = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, received)
+        link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes, on_frame=lambda *_: trio.sleep(0), delay_s=0.2)
+        nursery.start_soon(link.run)
+        with trio.fail_after(5):
+            while not link.connected:
+                await trio.sleep(0.01)
+        start = trio.current_time()
+        for i in range(30):
+            link.send(f"frame {i}".encode())
+            await trio.sleep(0.01)
+        with trio.fail_after(5):
+            while len(received) < 30:
+                await trio.sleep(0.005)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert [p for _, p in received] == [f"frame {i}".encode() for i in range(30)]
+    # 30 frames queued over 0.3 s each leave 0.2 s after queueing: all in about 0.5 s, not
+    # the 6 s of a 0.2 s pause per frame.
+    assert 0.45 <= elapsed < 2.0, elapsed
