@@ -29,3 +29,12 @@ async def test_transient_refusals_do_not_end_a_request() -> None:
     reject(client, 1, 7, transient=False)
     assert pending.done.is_set() and sorted(pending.rejects) == [0, 1]
     await trio.sleep(0)
+
+
+async def test_a_malformed_reject_is_ignored() -> None:
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    peer = PeerIdentity(Role.NODE, GROUP.manifest.node_key(0), 0)
+    for request_id in ([1], {"a": 1}, "7", None, 1e999):
+        frame = control.encode(control.Control.REJECT, {"request_id": request_id})
+        client._on_control(peer, frame)  # must not raise
+    await trio.sleep(0)

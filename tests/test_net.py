@@ -226,3 +226,29 @@ async def test_a_delayed_link_is_a_pipe_not_a_pause_per_frame() -> None:
     # 30 frames queued over 0.3 s each leave 0.2 s after queueing: all in about 0.5 s, not
     # the 6 s of a 0.2 s pause per frame.
     assert 0.45 <= elapsed < 2.0, elapsed
+
+
+async def test_a_frame_its_handler_cannot_take_closes_only_that_connection() -> None:
+    log: list[str] = []
+    taken: list[bytes] = []
+
+    async def on_frame(peer, payload, sender):
+        if payload == b"poison":
+            raise TypeError("unhashable type: 'list'")
+        taken.append(payload)
+
+    async with trio.open_nursery() as nursery:
+        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                            on_frame, log=log.append)
+        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes, on_frame=lambda *_: trio.sleep(0))
+        nursery.start_soon(link.run)
+        link.send(b"poison")
+        with trio.fail_after(10):
+            while not any("frame from node 1 refused" in line for line in log):
+                await trio.sleep(0.01)
+            link.send(b"after")  # the link reconnects; the listener still serves
+            while b"after" not in taken:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()

@@ -192,7 +192,8 @@ class Client:
             return
         node = peer.node_id
         if kind is control.Control.REJECT:
-            pending = self._pending.get(body.get("request_id"))
+            request_id = body.get("request_id")
+            pending = self._pending.get(request_id) if isinstance(request_id, int) else None
             # A full limit may clear (a lagging node catches up): keep re-sending then.
             if pending is not None and node is not None and not body.get("transient"):
                 pending.rejects[node] = str(body.get("reason"))
@@ -210,6 +211,8 @@ class Client:
     async def control(self, node: int, kind: control.Control, body: dict[str, Any],
                       timeout: float = limits.CLIENT_CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """Sends a control frame to ``node`` and returns its answer (STATUS or ACK)."""
+        if not 0 <= node < self.manifest.n:
+            raise ClientError(f"node {node} is not in 0..{self.manifest.n - 1}")
         if node in self._control_waiters:
             raise ClientError(f"a control exchange with node {node} is already running")
         send, receive = trio.open_memory_channel[dict[str, Any]](1)

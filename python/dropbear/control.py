@@ -62,8 +62,8 @@ def decode(frame: bytes) -> tuple[Control, dict[str, Any]]:
         raise ControlError(f"unknown control kind {frame[1]}") from None
     try:
         body = json.loads(frame[2:].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ControlError(f"control {kind.name} body is not JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, or nested too deep
+        raise ControlError(f"control {kind.name} body is not JSON: {error!r}"[:500]) from None
     if not isinstance(body, dict):
         raise ControlError(f"control {kind.name} body must be a JSON object")
     return kind, body

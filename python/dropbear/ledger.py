@@ -108,6 +108,9 @@ CREATE TABLE IF NOT EXISTS prepared (
 class LedgerError(RuntimeError):
     """The ledger cannot be used or written (the message says why); a node stops on it."""
 
+    fatal = True
+    """Not just the connection whose frame caused it: the node stops (see dropbear.net)."""
+
 
 class LedgerCorrupt(LedgerError):
     """The database file fails an integrity check; it is never used."""

@@ -35,6 +35,8 @@ from dropbear.limits import (
     NET_SEND_BATCH_FRAMES,
 )
 
+NET_HANDSHAKE_MAX_FRAME_BYTES = 256
+"""Frames before the handshake is over (a HELLO is 109 bytes, a proof 64)."""
 NET_READ_COMPACT_BYTES = 1 << 20
 """A receive buffer drops the bytes already read once this many have piled up."""
 
@@ -126,7 +128,7 @@ class FramedStream:
     async def _fill(self, n: int) -> None:
         """Reads until ``n`` unread bytes are buffered."""
         while len(self._buffer) - self._pos < n:
-            chunk = await self.stream.receive_some(max(65536, n))
+            chunk = await self.stream.receive_some(65536 if n <= 65536 else 1 << 20)
             if not chunk:
                 raise NetError(
                     f"connection closed by peer after {len(self._buffer) - self._pos} of {n} "
@@ -173,6 +175,17 @@ async def handshake(
     """Both sides send HELLO, then a signature over the other's nonce; returns the peer."""
     nonce = os.urandom(32)
     my_hello = _hello(group_id, me, nonce)
+    max_frame, framed.max_frame = framed.max_frame, NET_HANDSHAKE_MAX_FRAME_BYTES
+    try:
+        return await _handshake(framed, group_id, me, authorize, nonce, my_hello)
+    finally:
+        framed.max_frame = max_frame
+
+
+async def _handshake(
+    framed: FramedStream, group_id: bytes, me: LocalIdentity, authorize: Authorize,
+    nonce: bytes, my_hello: bytes
+) -> PeerIdentity:
     with trio.fail_after(NET_HANDSHAKE_TIMEOUT_S):
         await framed.send(my_hello)
         their_hello = await framed.receive()
@@ -254,8 +267,18 @@ async def _read(
 ) -> None:
     while True:
         payload = await framed.receive()
-        if payload:
+        if not payload:
+            continue
+        try:
             await on_frame(peer, payload, sender)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as error:
+            if getattr(error, "fatal", False):
+                raise
+            # A frame its handler cannot take costs its sender the connection, not us the
+            # process.
+            raise NetError(f"frame from {peer} refused: {error!r}"[:500]) from error
 
 
 CONNECTION_ERRORS = (

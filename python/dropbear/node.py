@@ -314,7 +314,11 @@ class Node:
             self._carry_out(actions)
             return
         self._record(actions)
-        self._held.extend(actions)
+        for action in actions:
+            if isinstance(action, SetTimer | CancelTimer):
+                self._carry_out((action,))  # timers need no durability; keep them in step
+            else:
+                self._held.append(action)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._nursery is not None
@@ -462,6 +466,10 @@ class Node:
             return False, f"update is not an encoded MODEL-UPDATE: {error}"
         if not isinstance(update, ModelUpdate) or update.node != self.node_id:
             return False, f"update is not a MODEL-UPDATE for node {self.node_id}"
+        used = self.replica.state.counters[self.node_id]
+        if update.counter <= used:
+            return False, (f"update counter {update.counter} is not above {used}, the last "
+                           "ordered one: a replay")
         if not update.verify(self.manifest.owner_key(self.node_id)):
             return False, f"update is not signed by node {self.node_id}'s owner key"
         name = str(body.get("model", self.executor.config.name))
@@ -480,12 +488,16 @@ class Node:
     def _certificate_answer(self, body: dict[str, Any]) -> dict[str, Any]:
         """A past certificate by (client key, request id): from the ledger, else the
         replica's bounded reply cache."""
+        request_id = body.get("request_id")
         try:
             client = bytes.fromhex(str(body.get("client", "")))
-            request_id = int(body.get("request_id", -1))
-        except (TypeError, ValueError):
+        except ValueError:
+            client = b""
+        if (len(client) != 32 or not isinstance(request_id, int)
+                or not 0 <= request_id < 2**63):
             return {"node": self.node_id, "certificate": None,
-                    "error": "client must be a hex key and request_id an integer"}
+                    "error": "client must be a 32-byte hex key and request_id an integer "
+                             "in 0..2^63-1"}
         cert = None
         if self._durable is not None:
             cert = self._durable.certificate(client, request_id)
