@@ -38,3 +38,23 @@ async def test_a_malformed_reject_is_ignored() -> None:
         frame = control.encode(control.Control.REJECT, {"request_id": request_id})
         client._on_control(peer, frame)  # must not raise
     await trio.sleep(0)
+
+
+async def test_a_control_exchange_takes_only_the_answer_it_asked_for() -> None:
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    peer = PeerIdentity(Role.NODE, GROUP.manifest.node_key(2), 2)
+    result: list = []
+
+    async def ask():
+        result.append(await client.control(2, control.Control.FAULT, {"mode": "none"},
+                                           timeout=5))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.sleep(0.05)
+        # A late STATUS (from an earlier query) is not the ACK this exchange waits for.
+        client._on_control(peer, control.encode(control.Control.STATUS, {"view": 0}))
+        await trio.sleep(0.05)
+        assert result == []
+        client._on_control(peer, control.encode(control.Control.ACK, {"ok": True}))
+    assert result == [{"ok": True}]

@@ -252,3 +252,69 @@ async def test_a_frame_its_handler_cannot_take_closes_only_that_connection() -> 
             while b"after" not in taken:
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_relayed_handshake_proof_is_refused() -> None:
+    """An outsider relays node 1's proof (given to it as a client) into a connection to
+    node 0, claiming to be node 1: the proof binds both HELLOs and the role, so it fails."""
+
+    from dropbear.net import _HELLO, HELLO_MAGIC
+
+    log: list[str] = []
+
+    async def on_frame(peer, payload, sender):
+        pass
+
+    async with trio.open_nursery() as nursery:
+        node0 = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                         on_frame, log=log.append)
+        node1 = Listener(GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1), authorize_nodes,
+                         on_frame)
+        port0 = await nursery.start(node0.serve, "127.0.0.1", 0)
+        port1 = await nursery.start(node1.serve, "127.0.0.1", 0)
+        outsider = _core.SigningKey.generate()
+        to0 = FramedStream(await trio.open_tcp_stream("127.0.0.1", port0))
+        to1 = FramedStream(await trio.open_tcp_stream("127.0.0.1", port1))
+        hello0 = await to0.receive()  # node 0 speaks first as well
+        nonce0 = _HELLO.unpack(hello0)[5]
+        # To node 1, as a client, reusing node 0's nonce.
+        await to1.send(_HELLO.pack(HELLO_MAGIC, GROUP, Role.CLIENT, 0xFFFFFFFF,
+                                   outsider.public_key, nonce0))
+        hello1 = await to1.receive()
+        proof1 = await to1.receive()
+        # To node 0, as node 1: node 1's own HELLO and proof.
+        await to0.send(hello1)
+        await to0.receive()  # node 0's proof
+        await to0.send(proof1)
+        with trio.fail_after(5):
+            while not any("failed to prove its key" in line for line in log):
+                await trio.sleep(0.01)
+        assert node0.connections == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_key_holds_a_bounded_number_of_connections() -> None:
+    from dropbear.limits import NET_MAX_CONNECTIONS_PER_KEY
+
+    log: list[str] = []
+
+    async def on_frame(peer, payload, sender):
+        pass
+
+    client = LocalIdentity(_core.SigningKey.generate(), Role.CLIENT)
+    async with trio.open_nursery() as nursery:
+        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                            on_frame, log=log.append)
+        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        streams = []
+        for _ in range(NET_MAX_CONNECTIONS_PER_KEY + 2):
+            framed = FramedStream(await trio.open_tcp_stream("127.0.0.1", port))
+            await handshake(framed, GROUP, client, authorize_nodes)
+            streams.append(framed)
+        with trio.fail_after(5):
+            while sum(len(c) for c in listener.connections.values()) < (
+                    NET_MAX_CONNECTIONS_PER_KEY) or listener.refused < 2:
+                await trio.sleep(0.01)
+        assert len(listener.connections[client.key.public_key]) == NET_MAX_CONNECTIONS_PER_KEY
+        assert any("NET_MAX_CONNECTIONS_PER_KEY" in line for line in log)
+        nursery.cancel_scope.cancel()

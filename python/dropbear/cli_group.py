@@ -269,6 +269,8 @@ async def _status_line(client: Client, manifest: Manifest) -> str:
                          f"q{s['queues']['intake'] + s['queues']['pending_requests']}")
         except ClientError:
             parts.append(f"n{i}: down")
+        except (KeyError, TypeError):  # a node (perhaps a faulty one) sent a bad status
+            parts.append(f"n{i}: bad status")
     return time.strftime("%H:%M:%S ") + " | ".join(parts)
 
 
@@ -301,10 +303,13 @@ def status(args: argparse.Namespace) -> int:
         if s is None:
             print(f"{i:>4}  down ({manifest.nodes[i].address})")
             continue
-        q = s["queues"]
-        print(f"{i:>4} {s['view']:>5} {s['primary']:>7} {s['executed_seq']:>9} "
-              f"{s['stable_seq']:>6} {s['model']:<16} {s['model_version'][:12]:<12} "
-              f"{q['intake']:>6} {q['pending_requests']:>7} {q['inference_inflight']:>6}")
+        try:
+            q = s["queues"]
+            print(f"{i:>4} {s['view']:>5} {s['primary']:>7} {s['executed_seq']:>9} "
+                  f"{s['stable_seq']:>6} {s['model']:<16} {s['model_version'][:12]:<12} "
+                  f"{q['intake']:>6} {q['pending_requests']:>7} {q['inference_inflight']:>6}")
+        except (KeyError, TypeError):
+            print(f"{i:>4}  sent a malformed status: {str(s)[:200]}")
     return 0 if all(rows) else 1
 
 

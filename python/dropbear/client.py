@@ -76,7 +76,8 @@ class Client:
         self._next_id = time.time_ns() // 1000
         self._pending: dict[int, _Pending] = {}
         self._slot_freed = trio.Event()
-        self._control_waiters: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._control_waiters: dict[
+            int, tuple[control.Control, trio.MemorySendChannel[dict[str, Any]]]] = {}
         self.invalid_replies = 0
         self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
 
@@ -202,21 +203,23 @@ class Client:
         elif kind in (control.Control.STATUS, control.Control.ACK,
                       control.Control.CERTIFICATE) and node is not None:
             waiter = self._control_waiters.get(node)
-            if waiter is not None:
+            # Only the answer the running exchange waits for (a late STATUS is no ACK).
+            if waiter is not None and waiter[0] is kind:
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                    waiter.send_nowait(body)
+                    waiter[1].send_nowait(body)
 
     # --- control ------------------------------------------------------------------------------
 
     async def control(self, node: int, kind: control.Control, body: dict[str, Any],
                       timeout: float = limits.CLIENT_CONTROL_TIMEOUT_S) -> dict[str, Any]:
-        """Sends a control frame to ``node`` and returns its answer (STATUS or ACK)."""
+        """Sends a control frame to ``node`` and returns its answer (STATUS, ACK or
+        CERTIFICATE, as the query asks)."""
         if not 0 <= node < self.manifest.n:
             raise ClientError(f"node {node} is not in 0..{self.manifest.n - 1}")
         if node in self._control_waiters:
             raise ClientError(f"a control exchange with node {node} is already running")
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
-        self._control_waiters[node] = send
+        self._control_waiters[node] = (control.ANSWERS[kind], send)
         try:
             with trio.fail_after(timeout):
                 self.links[node].send(control.encode(kind, body))

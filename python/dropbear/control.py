@@ -40,6 +40,15 @@ class Control(IntEnum):
     """Node -> client: ``certificate`` (its JSON object, or null when unknown), ``node``."""
 
 
+ANSWERS = {
+    Control.STATUS_QUERY: Control.STATUS,
+    Control.UPDATE: Control.ACK,
+    Control.FAULT: Control.ACK,
+    Control.CERTIFICATE_QUERY: Control.CERTIFICATE,
+}
+"""The kind of frame a node answers each query with."""
+
+
 def is_control(frame: bytes) -> bool:
     return bool(frame) and frame[0] == MAGIC
 

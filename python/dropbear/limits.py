@@ -44,6 +44,12 @@ NET_PEER_SEND_QUEUE = 1024
 """Frames waiting to be sent to one peer; past it new frames are dropped and counted."""
 NET_MAX_CONNECTIONS = 256
 """Inbound connections (nodes and clients) one listener serves at once."""
+NET_MAX_CLIENT_CONNECTIONS = 192
+"""Of those, the most clients may hold: the rest stay free for the group's nodes."""
+NET_MAX_CONNECTIONS_PER_KEY = 8
+"""Inbound connections one key (a client or a node) may hold at once."""
+NET_MAX_HANDSHAKES = 64
+"""Connections still proving their key at once; past it new ones are closed at once."""
 NET_HANDSHAKE_TIMEOUT_S = 5.0
 """Seconds a connecting peer has to prove its key."""
 NET_FRAME_TIMEOUT_S = 10.0

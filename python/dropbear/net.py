@@ -26,8 +26,11 @@ from dropbear.limits import (
     NET_HANDSHAKE_TIMEOUT_S,
     NET_HEARTBEAT_INTERVAL_S,
     NET_IDLE_TIMEOUT_S,
+    NET_MAX_CLIENT_CONNECTIONS,
     NET_MAX_CONNECTIONS,
+    NET_MAX_CONNECTIONS_PER_KEY,
     NET_MAX_FRAME_BYTES,
+    NET_MAX_HANDSHAKES,
     NET_PEER_SEND_QUEUE,
     NET_RECONNECT_BACKOFF_MAX_S,
     NET_RECONNECT_BACKOFF_MIN_S,
@@ -165,33 +168,40 @@ def _hello(group_id: bytes, me: LocalIdentity, nonce: bytes) -> bytes:
     return _HELLO.pack(HELLO_MAGIC, group_id, int(me.role), node_id, me.key.public_key, nonce)
 
 
-def _proof_message(group_id: bytes, peer_nonce: bytes, hello: bytes) -> bytes:
-    return HANDSHAKE_CONTEXT + group_id + peer_nonce + _core.sha256(hello)
+def _proof_message(group_id: bytes, initiator: bool, transcript: bytes) -> bytes:
+    """What each side signs: its role in this connection and both HELLOs (initiator's
+    first), so that a proof cannot be relayed into another connection."""
+    return HANDSHAKE_CONTEXT + group_id + (b"I" if initiator else b"R") + _core.sha256(
+        transcript)
 
 
 async def handshake(
-    framed: FramedStream, group_id: bytes, me: LocalIdentity, authorize: Authorize
+    framed: FramedStream,
+    group_id: bytes,
+    me: LocalIdentity,
+    authorize: Authorize,
+    initiator: bool = True,
 ) -> PeerIdentity:
-    """Both sides send HELLO, then a signature over the other's nonce; returns the peer."""
-    nonce = os.urandom(32)
-    my_hello = _hello(group_id, me, nonce)
+    """Both sides send HELLO (with a fresh nonce), then a signature over both HELLOs and
+    their role (``initiator``: the side that connected); returns the proven peer."""
+    my_hello = _hello(group_id, me, os.urandom(32))
     max_frame, framed.max_frame = framed.max_frame, NET_HANDSHAKE_MAX_FRAME_BYTES
     try:
-        return await _handshake(framed, group_id, me, authorize, nonce, my_hello)
+        return await _handshake(framed, group_id, me, authorize, initiator, my_hello)
     finally:
         framed.max_frame = max_frame
 
 
 async def _handshake(
     framed: FramedStream, group_id: bytes, me: LocalIdentity, authorize: Authorize,
-    nonce: bytes, my_hello: bytes
+    initiator: bool, my_hello: bytes
 ) -> PeerIdentity:
     with trio.fail_after(NET_HANDSHAKE_TIMEOUT_S):
         await framed.send(my_hello)
         their_hello = await framed.receive()
         if len(their_hello) != _HELLO.size:
             raise HandshakeFailed(f"HELLO must be {_HELLO.size} bytes, got {len(their_hello)}")
-        magic, their_group, role, node_id, public_key, their_nonce = _HELLO.unpack(their_hello)
+        magic, their_group, role, node_id, public_key, _nonce = _HELLO.unpack(their_hello)
         if magic != HELLO_MAGIC:
             raise HandshakeFailed(f"bad HELLO magic {magic!r}; expected {HELLO_MAGIC!r}")
         if their_group != group_id:
@@ -205,10 +215,12 @@ async def _handshake(
         )
         if not authorize(peer):
             raise HandshakeFailed(f"{peer} with key {public_key.hex()[:16]} is not authorized")
-        await framed.send(me.key.sign(_proof_message(group_id, their_nonce, my_hello)))
+        transcript = my_hello + their_hello if initiator else their_hello + my_hello
+        await framed.send(me.key.sign(_proof_message(group_id, initiator, transcript)))
         proof = await framed.receive()
     try:
-        ok = _core.verify(public_key, _proof_message(group_id, nonce, their_hello), proof)
+        ok = _core.verify(public_key, _proof_message(group_id, not initiator, transcript),
+                          proof)
     except ValueError as e:
         raise HandshakeFailed(f"{peer}: {e}") from e
     if not ok:
@@ -409,6 +421,7 @@ class Listener:
         """Open connections by the peer's public key, oldest first."""
         self.refused = 0
         self._open = 0
+        self._handshaking = 0
         self._log = log or (lambda _msg: None)
 
     def send_to(self, peer_key: bytes, payload: bytes) -> bool:
@@ -431,15 +444,32 @@ class Listener:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            if self._open >= self.max_connections:
+            if self._open >= self.max_connections or self._handshaking >= NET_MAX_HANDSHAKES:
                 self.refused += 1
-                self._log(f"refused a connection: NET_MAX_CONNECTIONS={self.max_connections}")
+                self._log(f"refused a connection: {self._open} open (NET_MAX_CONNECTIONS="
+                          f"{self.max_connections}), {self._handshaking} proving their key "
+                          f"(NET_MAX_HANDSHAKES={NET_MAX_HANDSHAKES})")
                 return
             self._open += 1
             peer, conn = None, None
             try:
                 framed = FramedStream(stream)
-                peer = await handshake(framed, self.group_id, self.me, self.authorize)
+                self._handshaking += 1
+                try:
+                    peer = await handshake(framed, self.group_id, self.me, self.authorize,
+                                           initiator=False)
+                finally:
+                    self._handshaking -= 1
+                held = self.connections.get(peer.public_key, ())
+                clients = sum(len(c) for c in self.connections.values()
+                              if c[0].peer.role is Role.CLIENT)
+                if len(held) >= NET_MAX_CONNECTIONS_PER_KEY or (
+                        peer.role is Role.CLIENT and clients >= NET_MAX_CLIENT_CONNECTIONS):
+                    self.refused += 1
+                    raise NetError(f"{peer} refused: it holds {len(held)} connections "
+                                   f"(NET_MAX_CONNECTIONS_PER_KEY={NET_MAX_CONNECTIONS_PER_KEY})"
+                                   f", clients hold {clients} (NET_MAX_CLIENT_CONNECTIONS="
+                                   f"{NET_MAX_CLIENT_CONNECTIONS})")
                 conn = InboundConnection(peer)
                 self.connections.setdefault(peer.public_key, []).append(conn)
                 await run_connection(framed, peer, conn.outbox, self.on_frame, conn)
