@@ -44,6 +44,11 @@ class Checker:
     def on_deliver(self, node: SimNode, deliver: Deliver) -> None:
         if not node.honest:
             return
+        if deliver.void:
+            # A committed entry that is void at execution would have COMMIT signatures that
+            # a faulty node could turn into a certificate for stale votes (property 4).
+            self.fail(f"node {node.index} committed {len(deliver.void)} void entries at seq "
+                      f"{deliver.seq}: a batch prepared against another predecessor")
         known = self.roots.setdefault(deliver.seq, deliver.root)
         if known != deliver.root:
             self.fail(

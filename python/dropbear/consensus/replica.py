@@ -105,6 +105,7 @@ class Slot:
     batch: Batch
     derived: Derived
     proposal_signature: bytes
+    prepare_sent: bool = False
     prepared: bool = False
     committed: bool = False
 
@@ -596,7 +597,7 @@ class Replica:
             self._slots[seq] = slot
             self.next_seq = seq + 1
             self._broadcast(message)
-            self._send_prepare(slot)
+            self._maybe_prepare(slot)
 
     def _assemble(self, projected: GroupState) -> Batch | None:
         """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
@@ -711,7 +712,29 @@ class Replica:
             self._remember_verified(v.digest)
         slot = Slot(s.view, s.seq, batch, derived, message.signature)
         self._slots[s.seq] = slot
+        self._maybe_prepare(slot)
+
+    def _maybe_prepare(self, slot: Slot) -> None:
+        """PREPAREs ``slot`` once its predecessor is fixed: executed, committed, or prepared
+        in this view. Then a prepared batch always follows the predecessor it was checked
+        against (a prepared predecessor survives every view change, PBFT's invariant), so
+        no certified entry can be void at execution."""
+        if slot.prepare_sent or not self._predecessor_fixed(slot.seq):
+            return
+        slot.prepare_sent = True
         self._send_prepare(slot)
+
+    def _predecessor_fixed(self, seq: int) -> bool:
+        previous = seq - 1
+        if previous <= self.state.seq or previous in self._committed:
+            return True
+        slot = self._slots.get(previous)
+        return slot is not None and slot.prepared
+
+    def _prepare_successor(self, seq: int) -> None:
+        successor = self._slots.get(seq + 1)
+        if successor is not None:
+            self._maybe_prepare(successor)
 
     def _send_prepare(self, slot: Slot) -> None:
         statement = self._statement(Kind.PREPARE, slot.view, slot.seq, slot.derived.size, slot.root)
@@ -770,6 +793,7 @@ class Replica:
         ):
             return
         slot.prepared = True
+        self._prepare_successor(seq)
         matching = tuple(
             p for p in self._prepares.get((slot.view, seq), {}).values() if p.root == slot.root
         )[: self.manifest.quorum]
@@ -815,6 +839,7 @@ class Replica:
             c for c in self._commits.get((slot.view, seq), {}).values() if c.root == slot.root
         )[: self.manifest.quorum]
         self._committed[seq] = CommittedBatch(slot.view, seq, slot.batch, matching)
+        self._prepare_successor(seq)
         self._execute()
 
     # --- execution ----------------------------------------------------------------------
@@ -829,6 +854,7 @@ class Replica:
             else:
                 derived = derive(cb.batch, self.manifest)
             self._execute_batch(cb, derived)
+            self._prepare_successor(cb.seq)
             progressed = True
         if self._committed and min(self._committed) > self.state.seq + 1:
             self.known_top = max(self.known_top, max(self._committed))
@@ -1100,7 +1126,7 @@ class Replica:
             derived = derive(batch, self.manifest)
             slot = Slot(self.view, seq, batch, derived, signatures[seq])
             self._slots[seq] = slot
-            self._send_prepare(slot)
+            self._maybe_prepare(slot)
         top = items[-1][0] if items else base.stable_seq
         self.next_seq = max(top, self.state.seq, self.stable_seq) + 1
         if self.state.seq < base.stable_seq:
