@@ -150,9 +150,10 @@ async def test_four_node_processes_certify_digits_requests(group, digits) -> Non
     for node in range(4):
         # Every process ran its own model on the requests, voted with the manifest's version
         # and executed every ordered batch.
-        # (a slow node may skip a few requests that were committed before it got to them)
+        # (a slow node skips requests already certified when they reach it: it answers those
+        # with the certificate instead; the primary waits only VOTE_WAIT for its vote)
         inferred = after[node]["inference"]["inputs"] - before[node]["inference"]["inputs"]
-        assert inferred >= 0.8 * count, f"node {node} ran its model on {inferred} inputs"
+        assert inferred >= 0.5 * count, f"node {node} ran its model on {inferred} inputs"
         assert after[node]["model"] == manifest.nodes[node].model
         votes = [(v, truth[i]) for i, r in enumerate(results)
                  for v in r.certificate.entry.votes if v.node == node]
