@@ -616,6 +616,28 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def start_up(group_dir: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`dropbear up` on the group in the background, its output in a log file."""
+    up_log = tmp_path / "up.log"
+    with open(up_log, "w") as log:
+        up = subprocess.Popen([sys.executable, "-m", "dropbear", "up", "--dir", str(group_dir),
+                               "--models-dir", str(MODELS), "--interval", "0"],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    return up, up_log
+
+
+def wait_serving(up: subprocess.Popen, up_log: Path, group_dir: Path) -> list[int]:
+    """Waits until `up` says every node serves; returns the node processes' pids."""
+    deadline = time.monotonic() + 150
+    while "every node is serving" not in up_log.read_text():
+        assert up.poll() is None, up_log.read_text() + log_tails(group_dir)
+        assert time.monotonic() < deadline, up_log.read_text() + log_tails(group_dir)
+        time.sleep(0.2)
+    nodes = children(up.pid)
+    assert len(nodes) == 4, nodes
+    return nodes
+
+
 def test_cli_end_to_end(tmp_path, digits) -> None:
     from PIL import Image
 
@@ -627,19 +649,9 @@ def test_cli_end_to_end(tmp_path, digits) -> None:
     assert manifest.n == 4 and f"id {manifest.group_id.hex()}" in out.stdout
     assert dropbear("init", "--dir", str(group_dir)).returncode == 1  # no silent overwrite
 
-    up_log = tmp_path / "up.log"
-    with open(up_log, "w") as log:
-        up = subprocess.Popen([sys.executable, "-m", "dropbear", "up", "--dir", str(group_dir),
-                               "--models-dir", str(MODELS), "--interval", "0"],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    up, up_log = start_up(group_dir, tmp_path)
     try:
-        deadline = time.monotonic() + 150
-        while "every node is serving" not in up_log.read_text():
-            assert up.poll() is None, up_log.read_text() + log_tails(group_dir)
-            assert time.monotonic() < deadline, up_log.read_text() + log_tails(group_dir)
-            time.sleep(0.2)
-        nodes = children(up.pid)
-        assert len(nodes) == 4, nodes
+        nodes = wait_serving(up, up_log, group_dir)
 
         images = tmp_path / "images"
         images.mkdir()
@@ -707,19 +719,9 @@ def test_nodes_stop_when_up_is_killed(tmp_path) -> None:
     """`dropbear up` killed by SIGKILL (no chance to clean up): its nodes notice and exit."""
     group_dir = tmp_path / "group"
     init_group(group_dir, base_port=0, models_dir=MODELS, models=["digits-mlp"])
-    up_log = tmp_path / "up.log"
-    with open(up_log, "w") as log:
-        up = subprocess.Popen([sys.executable, "-m", "dropbear", "up", "--dir", str(group_dir),
-                               "--models-dir", str(MODELS), "--interval", "0"],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    up, up_log = start_up(group_dir, tmp_path)
     try:
-        deadline = time.monotonic() + 150
-        while "every node is serving" not in up_log.read_text():
-            assert up.poll() is None, up_log.read_text() + log_tails(group_dir)
-            assert time.monotonic() < deadline, up_log.read_text() + log_tails(group_dir)
-            time.sleep(0.2)
-        nodes = children(up.pid)
-        assert len(nodes) == 4, nodes
+        nodes = wait_serving(up, up_log, group_dir)
     finally:
         up.kill()
         up.wait()

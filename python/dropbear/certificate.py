@@ -44,21 +44,7 @@ def build(
 
     ``commits`` are the matching COMMITs of distinct nodes (at least 2f+1).
     """
-    if leaves[leaf_index] != entry.encoded:
-        raise ValueError(f"leaf {leaf_index} is not the entry's encoding")
-    root = _core.merkle_root(leaves)
-    signatures = tuple(sorted((c.node, c.signature) for c in commits))
-    return Certificate(
-        group_id=group_id,
-        view=view,
-        seq=seq,
-        tree_size=len(leaves),
-        leaf_index=leaf_index,
-        root=root,
-        entry=entry,
-        proof=tuple(_core.merkle_proof(leaves, leaf_index)),
-        signatures=signatures,
-    )
+    return build_many(group_id, view, seq, leaves, [(leaf_index, entry)], commits)[0]
 
 
 def build_many(

@@ -367,23 +367,17 @@ class PeerLink:
             try:
                 with trio.fail_after(NET_CONNECT_TIMEOUT_S):
                     stream = await trio.open_tcp_stream(*self.address)
-            except (OSError, trio.TooSlowError):
-                self.failures += 1
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(NET_RECONNECT_BACKOFF_MAX_S, backoff * 2)
-                continue
-            async with stream:
-                try:
+                async with stream:
                     framed = FramedStream(stream)
                     self.peer = await handshake(framed, self.group_id, self.me, self.authorize)
                     self.connected = True
                     backoff = NET_RECONNECT_BACKOFF_MIN_S
                     await run_connection(framed, self.peer, self.outbox, self.on_frame, self,
                                          self.delay_s)
-                except CONNECTION_ERRORS as e:
-                    self._log(f"link to {self.address[0]}:{self.address[1]}: {e}")
-                finally:
-                    self.connected = False
+            except CONNECTION_ERRORS as e:
+                self._log(f"link to {self.address[0]}:{self.address[1]}: {e}")
+            finally:
+                self.connected = False
             self.failures += 1
             await trio.sleep(backoff * (0.5 + random.random()))
             backoff = min(NET_RECONNECT_BACKOFF_MAX_S, backoff * 2)

@@ -32,16 +32,18 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     h.finalize().into()
 }
 
+/// The parent of one or two sibling nodes (a lone last node is carried up as it is).
+fn parent(pair: &[Hash]) -> Hash {
+    match pair {
+        [left, right] => node_hash(left, right),
+        [single] => *single,
+        _ => unreachable!("chunks(2) yields one or two nodes"),
+    }
+}
+
 /// One level up: pairs are hashed together, an odd last node is carried up as it is.
 /// Level by level this gives exactly RFC 9162's split at the largest power of two.
 fn next_level(level: &[Hash]) -> Vec<Hash> {
-    fn parent(pair: &[Hash]) -> Hash {
-        match pair {
-            [left, right] => node_hash(left, right),
-            [single] => *single,
-            _ => unreachable!("chunks(2) yields one or two nodes"),
-        }
-    }
     if level.len() >= PARALLEL_MIN_NODES {
         level.par_chunks(2).map(parent).collect()
     } else {
@@ -84,14 +86,7 @@ fn subtree_root<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Hash {
     if n <= SEQUENTIAL_MAX_LEAVES {
         let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
         while level.len() > 1 {
-            level = level
-                .chunks(2)
-                .map(|pair| match pair {
-                    [left, right] => node_hash(left, right),
-                    [single] => *single,
-                    _ => unreachable!("chunks(2) yields one or two nodes"),
-                })
-                .collect();
+            level = level.chunks(2).map(parent).collect();
         }
         return level[0];
     }
