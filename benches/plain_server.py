@@ -140,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-queue-delay", type=float, default=0.002)
+    parser.add_argument("--max-queue-delay", type=float, default=0.0,
+                        help="seconds an input may wait for others to join its batch; 0 (the "
+                        "default) runs a batch as soon as the model is free, and what queues "
+                        "while it runs forms the next batch")
     parser.add_argument("--null-model", action="store_true",
                         help="answer at once without the model (dropbear's NullExecutor)")
     args = parser.parse_args(argv)

@@ -182,7 +182,8 @@ class RawClient:
     def replies(self, request_id: int | None = None) -> list[Reply]:
         out = [r.message for r in self.received if isinstance(r.message, Reply)]
         if request_id is not None:
-            out = [r for r in out if r.certificate.entry.request_id == request_id]
+            out = [r for r in out
+                   if any(c.entry.request_id == request_id for c in r.certificates)]
         return out
 
     def rejects(self) -> list[tuple[int, int | None, str]]:

@@ -229,3 +229,57 @@ def test_build_many_equals_build_one_by_one():
         verify(cert, M)
     with pytest.raises(ValueError, match="leaf 1 is not the entry's encoding"):
         build_many(M.group_id, 0, 4, leaves, [(1, entries[2])], commits)
+
+
+def batch_certificates(n_entries=6, signers=(0, 1, 2)):
+    from dropbear.certificate import build_many
+
+    entries = []
+    for i in range(n_entries):
+        request = Request.create(GROUP.node_keys[0], M.group_id, 100 + i, "uint8", (1,),
+                                 bytes([i]))
+        votes = [EntryVote(node, bytes([node]) * 32, i % 3, 0.5) for node in range(4)]
+        entries.append(make_entry(request.header, votes, M.threshold))
+    leaves = [e.encoded for e in entries]
+    root = _core.merkle_root(leaves)
+    commits = [
+        Commit(Statement(Kind.COMMIT, M.group_id, i, 1, 8, len(leaves), root)).signed(
+            GROUP.node_keys[i])
+        for i in signers
+    ]
+    return build_many(M.group_id, 1, 8, leaves, list(enumerate(entries)), commits)
+
+
+def test_reply_carries_a_batch_of_certificates_that_verify_after_decoding():
+    from dropbear.wire import Reply, decode
+
+    certs = batch_certificates()
+    chosen = [certs[1], certs[4], certs[5]]
+    reply = Reply.of(2, chosen).signed(GROUP.node_keys[2])
+    again = decode(reply.encoded)
+    assert again == reply and again.verify(GROUP.node_keys[2].public_key)
+    assert list(again.certificates) == chosen
+    for cert in again.certificates:
+        verify(cert, M)
+    # The commit signatures travel once, not once per certificate.
+    assert len(reply.encoded) < sum(len(c.encoded) for c in chosen) - 2 * 3 * 66
+    assert Reply.peek(reply.encoded) == (2, (101, 104, 105))
+    assert Reply.peek(chosen[0].encoded) is None and Reply.peek(b"\x01\x0c") is None
+
+
+def test_reply_refuses_mixed_batches_and_ids_that_do_not_match_its_entries():
+    from dropbear.wire import Reply, decode
+
+    certs = batch_certificates()
+    other = batch_certificates(signers=(1, 2, 3))
+    with pytest.raises(WireError, match="certificate of batch 8 in a reply for batch 8"):
+        Reply.of(0, [certs[0], other[1]])
+    with pytest.raises(WireError, match="0 certificates"):
+        Reply.of(0, [])
+    data = bytearray(Reply.of(0, certs[:2]).signed(GROUP.node_keys[0]).encoded)
+    # The listed request id of the first item (right after the item count) is 100: say 101.
+    offset = 2 + 32 + 2 + 8 + 8 + 4 + 32 + 2
+    assert int.from_bytes(data[offset:offset + 8], "big") == 100
+    data[offset + 7] = 101
+    with pytest.raises(WireError, match="reply lists request 101 but carries 100"):
+        decode(bytes(data))

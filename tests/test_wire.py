@@ -3,7 +3,7 @@
 import struct
 
 import pytest
-from dropbear import wire
+from dropbear import _core, wire
 from dropbear.wire import (
     Batch,
     CatchupRequest,
@@ -64,7 +64,24 @@ def samples():
         new_view.signed(K[2]),
         CatchupRequest(GID, 3, 17).signed(K[3]),
         CatchupResponse(GID, 0, (committed,)).signed(K[0]),
+        reply_sample(),
     ]
+
+
+def reply_sample():
+    from dropbear.agreement import make_entry
+    from dropbear.certificate import build_many
+    from dropbear.wire import EntryVote, Reply
+
+    heads = [Request.create(K[0], GID, i, "uint8", (1,), bytes([i])).header for i in range(3)]
+    entries = [make_entry(h, [EntryVote(n, bytes([n]) * 32, 1, 0.5) for n in range(3)], 3)
+               for h in heads]
+    leaves = [e.encoded for e in entries]
+    commits = [Commit(statement(Kind.COMMIT, node=n, size=3,
+                                digest=_core.merkle_root(leaves))).signed(K[n])
+               for n in range(3)]
+    certs = build_many(GID, 1, 2, leaves, [(0, entries[0]), (2, entries[2])], commits)
+    return Reply.of(1, certs).signed(K[1])
 
 
 SAMPLES = samples()

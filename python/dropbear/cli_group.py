@@ -102,7 +102,10 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node key file (default: keys/node-ID.key beside the manifest)")
     _models_dir_argument(parser)
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-queue-delay", type=float, default=0.002)
+    parser.add_argument("--max-queue-delay", type=float, default=0.0,
+                        help="seconds an input may wait for others to join its batch; 0 (the "
+                        "default) runs a batch as soon as the model is free, and what queues "
+                        "while it runs forms the next batch")
     parser.add_argument("--fault-injection", action="store_true",
                         help="accept FAULT control frames (demos and tests only)")
     parser.add_argument("--fault", choices=[f.value for f in Fault], default="none",

@@ -155,6 +155,11 @@ class Client:
         if control.is_control(frame):
             self._on_control(peer, frame)
             return
+        peeked = Reply.peek(frame)
+        if peeked is not None and not any(
+                (p := self._pending.get(rid)) is not None and not p.done.is_set()
+                for rid in peeked[1]):
+            return  # every certificate in it is one we have (another node sent it first)
         try:
             reply = decode(frame)
         except WireError:
@@ -163,7 +168,13 @@ class Client:
         if not isinstance(reply, Reply) or reply.node != peer.node_id:
             self.invalid_replies += 1
             return
-        cert = reply.certificate
+        # The connection authenticated the node, and each certificate proves itself: the
+        # REPLY's own signature (the node's receipt of delivery) need not be checked here.
+        for cert in reply.certificates:
+            self._accept(cert)
+
+    def _accept(self, cert: Certificate) -> None:
+        """Completes the pending request that ``cert`` certifies, if it verifies."""
         pending = self._pending.get(cert.entry.request_id)
         if (pending is None or pending.done.is_set()
                 or cert.entry.request != pending.request.digest

@@ -52,7 +52,7 @@ from dropbear.inference import (
 )
 from dropbear.manifest import Manifest
 from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
-from dropbear.wire import ModelUpdate, Request, Vote, WireError, decode
+from dropbear.wire import Certificate, ModelUpdate, Request, Vote, WireError, decode
 from dropbear.wire import Reply as ReplyMessage
 
 log = logging.getLogger("dropbear.node")
@@ -72,7 +72,9 @@ class NodeSettings:
 
     models_dir: Path = Path("models")
     max_batch_size: int = 32
-    max_queue_delay: float = 0.002
+    max_queue_delay: float = 0.0
+    """0: a batch runs as soon as the model is free; inputs that queue while it runs form
+    the next batch (no wait at low load, batches grow with the load)."""
     listen_host: str | None = None
     """Defaults to the host of the node's manifest address."""
     fault_injection: bool = False
@@ -335,6 +337,7 @@ class Node:
         self._carry_out(held)
 
     def _carry_out(self, actions: Sequence[Action]) -> None:
+        replies: dict[tuple, list[Certificate]] = {}
         for action in actions:
             match action:
                 case Send(to, message):
@@ -357,9 +360,8 @@ class Node:
                 case Deliver():
                     self.delivered.append(action)
                 case Reply(client, certificate):
-                    reply = ReplyMessage(self.manifest.group_id, self.node_id, certificate)
-                    if self.listener.send_to(client, reply.signed(self.key).encoded):
-                        self.replies_sent += 1
+                    key = (client, *certificates.signed_part(certificate))
+                    replies.setdefault(key, []).append(certificate)
                 case Refuse(client, request_id, reason, transient):
                     self.rejected += 1
                     log.info("refused request %d of client %s: %s", request_id,
@@ -373,6 +375,11 @@ class Node:
                     log.warning("evidence of misbehaviour: %s", evidence)
                 case _:
                     raise TypeError(f"unknown action {action!r}")
+        # One signed REPLY per client and committed batch, however many of its requests.
+        for (client, *_), certs in replies.items():
+            reply = ReplyMessage.of(self.node_id, certs).signed(self.key)
+            if self.listener.send_to(client, reply.encoded):
+                self.replies_sent += len(certs)
 
     def _record(self, actions: Sequence[Action]) -> None:
         """Adds the certificates, deliveries and evidence among ``actions`` to the open

@@ -1099,27 +1099,129 @@ class Certificate:
         )
 
 
+MAX_REPLY_ITEMS = MAX_BATCH_ENTRIES
+"""Certificates in one REPLY: at most the entries of one batch."""
+_REPLY_PEEK = struct.Struct(">BB32sHQQI32sH")
+
+
+@dataclass(frozen=True)
+class ReplyItem:
+    """One certificate of a REPLY, less what every certificate of the batch shares."""
+
+    leaf_index: int
+    entry: RequestEntry
+    proof: tuple[bytes, ...]
+
+
 @dataclass(frozen=True)
 class Reply(Message):
-    """REPLY: a node's signed delivery of a certificate to a client."""
+    """REPLY: a node's signed delivery, to one client, of that client's certificates from one
+    committed batch. The root, the tree size and the 2f+1 commit signatures are the same for
+    every certificate of a batch, so they travel once; the request ids come first, so that a
+    client can skip a reply that holds nothing it still waits for (:meth:`peek`):
+
+    ``01 | 0c | group id | node u16 | view u64 | seq u64 | tree size u32 | root |
+    item count u16 | request id u64 * count | signature count u16 |
+    (node u16 | signature 64)* | (leaf index u32 | entry (u32 length + bytes) |
+    proof count u8 | hashes)* count | signature``.
+    """
 
     KIND = Kind.REPLY
     group_id: bytes
     node: int
-    certificate: Certificate
+    view: int
+    seq: int
+    tree_size: int
+    root: bytes
+    signatures: tuple[tuple[int, bytes], ...]
+    items: tuple[ReplyItem, ...]
     signature: bytes = b""
+
+    @classmethod
+    def of(cls, node: int, certificates: Sequence[Certificate]) -> Reply:
+        """The (unsigned) REPLY carrying ``certificates``, all of one committed batch."""
+        _check(0 < len(certificates) <= MAX_REPLY_ITEMS,
+               f"{len(certificates)} certificates in one reply")
+        first = certificates[0]
+        shared = (first.group_id, first.view, first.seq, first.tree_size, first.root,
+                  first.signatures)
+        for cert in certificates[1:]:
+            _check((cert.group_id, cert.view, cert.seq, cert.tree_size, cert.root,
+                    cert.signatures) == shared,
+                   f"certificate of batch {cert.seq} in a reply for batch {first.seq}")
+        return cls(first.group_id, node, first.view, first.seq, first.tree_size, first.root,
+                   first.signatures,
+                   tuple(ReplyItem(c.leaf_index, c.entry, c.proof) for c in certificates))
+
+    @property
+    def certificates(self) -> tuple[Certificate, ...]:
+        """The whole certificate of every item."""
+        return tuple(
+            Certificate(self.group_id, self.view, self.seq, self.tree_size, item.leaf_index,
+                        self.root, item.entry, item.proof, self.signatures)
+            for item in self.items
+        )
+
+    @staticmethod
+    def peek(frame: bytes) -> tuple[int, tuple[int, ...]] | None:
+        """``(node, request ids)`` of an encoded REPLY, read without decoding the rest; None
+        if the frame is not a REPLY that long. Unverified: only for skipping a reply that
+        holds nothing the reader still waits for."""
+        if len(frame) < _REPLY_PEEK.size or frame[1] != Kind.REPLY:
+            return None
+        fields = _REPLY_PEEK.unpack_from(frame)
+        node, count = fields[3], fields[8]
+        if len(frame) < _REPLY_PEEK.size + 8 * count:
+            return None
+        return node, struct.unpack_from(f">{count}Q", frame, _REPLY_PEEK.size)
 
     def _write_body(self, w: Writer) -> None:
         header(w, Kind.REPLY, self.group_id)
         w.u16(self.node)
-        w.blob(self.certificate.encoded)
+        w.u64(self.view)
+        w.u64(self.seq)
+        w.u32(self.tree_size)
+        w.fixed(self.root, DIGEST_BYTES, "root")
+        _check(len(self.items) <= MAX_REPLY_ITEMS, f"{len(self.items)} certificates in a reply")
+        w.u16(len(self.items))
+        for item in self.items:
+            w.u64(item.entry.request_id)
+        _check(len(self.signatures) <= MAX_NODES, f"{len(self.signatures)} commit signatures")
+        w.u16(len(self.signatures))
+        for node, signature in self.signatures:
+            w.u16(node)
+            w.fixed(signature, SIGNATURE_BYTES, "commit signature")
+        for item in self.items:
+            w.u32(item.leaf_index)
+            w.blob(item.entry.encoded)
+            _check(len(item.proof) <= MAX_PROOF_HASHES, f"{len(item.proof)} proof hashes")
+            w.u8(len(item.proof))
+            for h in item.proof:
+                w.fixed(h, DIGEST_BYTES, "proof hash")
 
     @classmethod
     def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
         node = _node(r)
-        return dict(
-            group_id=group_id, node=node, certificate=Certificate.decode(r.blob("certificate"))
+        view, seq, size = r.u64("view"), r.u64("seq"), r.u32("size")
+        root = r.fixed(DIGEST_BYTES, "root")
+        ids = [r.u64("request id") for _ in range(r.count("item count", MAX_REPLY_ITEMS, width=2))]
+        signatures = tuple(
+            (_node(r), r.fixed(SIGNATURE_BYTES, "commit signature"))
+            for _ in range(r.count("signature count", MAX_NODES, width=2))
         )
+        items = []
+        for request_id in ids:
+            item = ReplyItem(
+                r.u32("leaf index"),
+                RequestEntry.decode(r.blob("entry")),
+                tuple(r.fixed(DIGEST_BYTES, "proof hash")
+                      for _ in range(r.count("proof count", MAX_PROOF_HASHES, width=1))),
+            )
+            _check(item.entry.request_id == request_id,
+                   f"reply lists request {request_id} but carries {item.entry.request_id}")
+            items.append(item)
+        return dict(group_id=group_id, node=node, view=view, seq=seq, tree_size=size,
+                    root=root, signatures=signatures, items=tuple(items))
 
 
 # --- dispatch ----------------------------------------------------------------------------------
