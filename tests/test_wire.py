@@ -201,3 +201,33 @@ def test_votes_round_trip(items):
     votes = Votes(GID, 3, b"\x09" * 32, tuple(Vote(*item) for item in items)).signed(K[3])
     again = wire.decode(votes.encoded)
     assert again == votes and again.verify(K[3].public_key)
+
+
+def test_decode_memo_shares_identical_bytes_and_stays_bounded():
+    memo = wire.DecodeMemo(limit=3, limit_bytes=10_000)
+    votes = [Votes(GID, n, b"\x01" * 32, (Vote(b"\x02" * 32, n, 0.5),)).signed(K[n])
+             for n in range(4)]
+    first = memo.decode(Votes, votes[0].encoded)
+    assert first == votes[0] and memo.decode(Votes, bytes(votes[0].encoded)) is first
+    assert memo.hits == 1
+    for v in votes[1:]:
+        assert memo.decode(Votes, v.encoded) == v
+    assert len(memo._items) == 3  # the oldest went
+    assert memo.decode(Votes, votes[0].encoded) is not first
+    small = wire.DecodeMemo(limit=100, limit_bytes=2 * len(votes[0].encoded))
+    for v in votes:
+        small.decode(Votes, v.encoded)
+    assert small._bytes <= small.limit_bytes and len(small._items) == 2
+    with pytest.raises(WireError):
+        memo.decode(Votes, votes[0].encoded[:-1])
+
+
+def test_pre_prepare_decodes_the_same_with_its_parts_seen_before():
+    request = SAMPLES[0]
+    pre = SAMPLES[3]
+    wire.MEMO.clear()
+    cold = wire.decode(pre.encoded)
+    wire.decode(request.encoded)  # puts the request's header bytes in the memo
+    warm = wire.decode(pre.encoded)
+    assert warm == cold == pre
+    assert warm.batch.requests[0] is wire.decode(pre.encoded).batch.requests[0]

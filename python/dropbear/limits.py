@@ -102,6 +102,11 @@ MAX_REPLY_CACHE = 4096
 """Certificates kept to answer a client's retransmission."""
 MAX_VERIFIED_CACHE = 16384
 """Digests of messages whose signatures were already checked (skip re-verification)."""
+DECODE_MEMO_ENTRIES = 16384
+"""Decoded REQUEST headers and VOTES kept by their bytes, so that a PRE-PREPARE repeating
+them is not decoded twice (wire.DecodeMemo)."""
+DECODE_MEMO_BYTES = 64 * 1024 * 1024
+"""Bytes of encodings DecodeMemo keeps, whatever their number."""
 SEQ_WINDOW = 64
 """Sequence numbers accepted above the last stable checkpoint (PBFT's high watermark)."""
 CHECKPOINT_INTERVAL = 16

@@ -24,6 +24,8 @@ from dropbear.limits import (
     MAX_BATCH_ENTRIES,
     MAX_BATCH_UPDATES,
     MAX_BATCH_VOTE_MESSAGES,
+    DECODE_MEMO_BYTES,
+    DECODE_MEMO_ENTRIES,
     MAX_CATCHUP_BATCHES,
     MAX_INPUT_RANK,
     MAX_LABEL,
@@ -134,6 +136,9 @@ class Writer:
         return b"".join(self._parts)
 
 
+_U8, _U16, _U32, _U64, _F64 = (struct.Struct(f) for f in (">B", ">H", ">I", ">Q", ">d"))
+
+
 class Reader:
     """Reads canonical fields; every failure is a :class:`WireError` naming the field."""
 
@@ -149,20 +154,28 @@ class Reader:
         self._pos = end
         return out
 
+    def _unpack(self, fmt: struct.Struct, what: str) -> Any:
+        end = self._pos + fmt.size
+        if end > len(self._data):
+            raise WireError(f"truncated {what}: need {fmt.size} bytes at offset {self._pos}")
+        value = fmt.unpack_from(self._data, self._pos)[0]
+        self._pos = end
+        return value
+
     def u8(self, what: str) -> int:
-        return self._take(1, what)[0]
+        return self._unpack(_U8, what)  # type: ignore[no-any-return]
 
     def u16(self, what: str) -> int:
-        return struct.unpack(">H", self._take(2, what))[0]
+        return self._unpack(_U16, what)  # type: ignore[no-any-return]
 
     def u32(self, what: str) -> int:
-        return struct.unpack(">I", self._take(4, what))[0]
+        return self._unpack(_U32, what)  # type: ignore[no-any-return]
 
     def u64(self, what: str) -> int:
-        return struct.unpack(">Q", self._take(8, what))[0]
+        return self._unpack(_U64, what)  # type: ignore[no-any-return]
 
     def f64(self, what: str) -> float:
-        value = struct.unpack(">d", self._take(8, what))[0]
+        value: float = self._unpack(_F64, what)
         if not math.isfinite(value):
             raise WireError(f"{what} {value!r} is not a finite number")
         return value
@@ -194,6 +207,10 @@ class Reader:
     @property
     def offset(self) -> int:
         return self._pos
+
+    def span(self, start: int) -> bytes:
+        """The bytes read since offset ``start``."""
+        return bytes(self._data[start : self._pos])
 
     def end(self, what: str) -> None:
         if self._pos != len(self._data):
@@ -309,6 +326,52 @@ class Message:
 
 def _nested(r: Reader, cls: type[M], what: str) -> M:
     return cls.decode(r.blob(what))
+
+
+class DecodeMemo:
+    """Decoded messages by their exact bytes: a bounded FIFO map (``limit`` entries).
+
+    A PRE-PREPARE repeats the REQUEST headers and VOTES messages a node has, for the most
+    part, decoded already when they reached it directly; decoding is a pure function of the
+    bytes, so identical bytes may share one decoded (immutable) object, and its cached
+    digest. Only for the kinds that repeat: :data:`MEMO_KINDS`.
+    """
+
+    def __init__(self, limit: int = DECODE_MEMO_ENTRIES,
+                 limit_bytes: int = DECODE_MEMO_BYTES) -> None:
+        self.limit = limit
+        self.limit_bytes = limit_bytes
+        self._items: dict[bytes, Message] = {}
+        self._bytes = 0
+        self.hits = 0
+
+    def decode(self, cls: type[M], data: bytes) -> M:
+        hit = self._items.get(data)
+        if hit is not None and type(hit) is cls:
+            self.hits += 1
+            return hit
+        message = cls.decode(data)
+        self.put(data, message)
+        return message
+
+    def put(self, data: bytes, message: Message) -> None:
+        if len(data) > self.limit_bytes or data in self._items:
+            return
+        while self._items and (len(self._items) >= self.limit
+                               or self._bytes + len(data) > self.limit_bytes):
+            oldest = next(iter(self._items))
+            del self._items[oldest]
+            self._bytes -= len(oldest)
+        self._items[data] = message
+        self._bytes += len(data)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
+MEMO = DecodeMemo()
+"""The process's memo for REQUEST headers and VOTES (see :class:`DecodeMemo`)."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -433,7 +496,9 @@ class Request(Message):
 
     @classmethod
     def _read(cls, r: Reader) -> Request:
+        start = r.offset
         head = RequestHeader._read(r)
+        MEMO.put(r.span(start), head)  # the bytes a PRE-PREPARE will carry for it
         data = r.blob("input", MAX_REQUEST_BYTES)
         try:
             return cls(head, data)
@@ -653,11 +718,11 @@ class Batch:
     @classmethod
     def read(cls, r: Reader) -> Batch:
         requests = tuple(
-            _nested(r, RequestHeader, "request header")
+            MEMO.decode(RequestHeader, r.blob("request header"))
             for _ in range(r.count("request count", MAX_BATCH_ENTRIES))
         )
         votes = tuple(
-            _nested(r, Votes, "VOTES")
+            MEMO.decode(Votes, r.blob("VOTES"))
             for _ in range(r.count("VOTES count", MAX_BATCH_VOTE_MESSAGES))
         )
         updates = tuple(
@@ -1258,6 +1323,8 @@ def decode(data: bytes) -> Message:
     except (ValueError, KeyError):
         raise WireError(f"unknown message kind {data[1]:#04x}") from None
     try:
+        if cls is Votes:
+            return MEMO.decode(Votes, data)
         return cls.decode(data)
     except WireError:
         raise

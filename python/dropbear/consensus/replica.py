@@ -276,6 +276,11 @@ class Replica:
         except ValueError:
             return False
 
+    def _holds(self, header: RequestHeader) -> bool:
+        """Whether we accepted this exact signed header (its signature checked on arrival)."""
+        held = self._requests.get(header.digest)
+        return held is not None and held.header.signature == header.signature
+
     def _remember_verified(self, digest: bytes) -> None:
         self._verified[digest] = None
         while len(self._verified) > L.MAX_VERIFIED_CACHE:
@@ -686,7 +691,7 @@ class Replica:
     def _accept_pre_prepare(self, message: PrePrepare) -> None:
         s, batch = message.statement, message.batch
         items = [message.check_item(self.manifest.node_key(s.node))]
-        items += [h.check_item(h.client) for h in batch.requests]
+        items += [h.check_item(h.client) for h in batch.requests if not self._holds(h)]
         items += [
             v.check_item(self.manifest.node_key(v.node))
             for v in batch.votes
