@@ -87,6 +87,14 @@ class NodeSettings:
     """Serve with a NullExecutor (answers at once, no JAX): benchmarks of ordering alone."""
 
 
+_NOT_HELD = (SetTimer, CancelTimer, Reply, Refuse)
+"""Actions the group commit does not hold back. Timers need no durability. A REPLY's
+certificate proves that 2f+1 nodes committed the batch, and each of them made the batch
+durable (its prepared proof) before it sent its COMMIT: nothing it carries waits on this
+node's own execution write, which follows in the next group commit. A refusal states no
+protocol fact at all."""
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -316,11 +324,10 @@ class Node:
             self._carry_out(actions)
             return
         self._record(actions)
-        for action in actions:
-            if isinstance(action, SetTimer | CancelTimer):
-                self._carry_out((action,))  # timers need no durability; keep them in step
-            else:
-                self._held.append(action)
+        at_once = [a for a in actions if isinstance(a, _NOT_HELD)]
+        if at_once:
+            self._carry_out(at_once)
+        self._held.extend(a for a in actions if not isinstance(a, _NOT_HELD))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._nursery is not None
