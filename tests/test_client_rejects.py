@@ -58,3 +58,27 @@ async def test_a_control_exchange_takes_only_the_answer_it_asked_for() -> None:
         assert result == []
         client._on_control(peer, control.encode(control.Control.ACK, {"ok": True}))
     assert result == [{"ok": True}]
+
+
+async def test_a_node_that_refused_for_a_full_limit_is_asked_again_soon() -> None:
+    from dropbear import limits
+
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    request = Request.create(client.key, GROUP.manifest.group_id, 9, "uint8", (1,), b"\x02")
+    client._pending[9] = _Pending(request)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client._retry_loop)
+        reject(client, 1, 9, transient=True)
+        reject(client, 3, 9, transient=True)
+        reject(client, 3, 9, transient=True)  # once per node, however many refusals
+        reject(client, 2, 8, transient=True)  # not pending: nothing to re-send
+        assert [link.outbox.depth() for link in client.links] == [0, 0, 0, 0]
+        await trio.sleep(limits.CLIENT_RETRY_BACKOFF_S * 3)
+        assert [link.outbox.depth() for link in client.links] == [0, 1, 0, 1]
+        assert client.transient_rejects == 3
+        # Answered meanwhile: a later refusal re-sends nothing.
+        client._pending[9].done.set()
+        reject(client, 0, 9, transient=True)
+        await trio.sleep(limits.CLIENT_RETRY_BACKOFF_S * 3)
+        assert [link.outbox.depth() for link in client.links] == [0, 1, 0, 1]
+        nursery.cancel_scope.cancel()

@@ -168,6 +168,37 @@ def test_dynamic_batcher_matches_direct_predictions(executor):
     assert 5 <= batches < 37  # batched, never more than max_batch_size at once
 
 
+def test_submit_many_answers_in_order_and_refuses_only_the_bad_inputs(executor):
+    xs = list(images(20, seed=5))
+    xs[3] = np.full((8, 8, 1), np.nan, np.float32)
+    xs[11] = np.zeros((4, 4, 1), np.float32)
+    before = executor.stats.batches
+    results = serve(executor, lambda ex: ex.submit_many(xs))
+    good = [i for i in range(20) if i not in (3, 11)]
+    good_xs = np.stack([xs[i] for i in good])
+    direct = [p for i in range(0, len(good), 8) for p in executor.predict(good_xs[i:i + 8])]
+    assert [results[i].label for i in good] == [d.label for d in direct]
+    assert isinstance(results[3], BadInput) and "NaN" in str(results[3])
+    assert isinstance(results[11], BadInput) and "shape" in str(results[11])
+    assert executor.stats.batches - before <= 3  # 18 inputs queued at once: full batches
+    with pytest.raises(ExecutorClosed, match="not serving"):
+        trio.run(executor.submit_many, xs[:1])
+
+
+def test_zero_queue_delay_runs_a_lone_input_at_once_and_still_batches_under_load(model):
+    executor = Executor(model, max_batch_size=8, max_queue_delay=0.0)
+
+    async def lone(ex):
+        start = trio.current_time()
+        await ex.submit(images(1)[0])
+        return trio.current_time() - start
+
+    assert serve(executor, lone) < 0.05
+    before = executor.stats.batches
+    serve(executor, lambda ex: submit_all(ex, images(40, seed=3)))
+    assert executor.stats.batches - before < 40  # inputs queued while a batch ran joined
+
+
 def test_max_queue_delay_bounds_the_wait_for_a_lone_input(model):
     executor = Executor(model, max_batch_size=8, max_queue_delay=0.05)
 

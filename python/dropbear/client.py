@@ -79,6 +79,10 @@ class Client:
         self._control_waiters: dict[
             int, tuple[control.Control, trio.MemorySendChannel[dict[str, Any]]]] = {}
         self.invalid_replies = 0
+        self.transient_rejects = 0
+        self._retry: dict[int, set[int]] = {}
+        """Request id -> nodes that refused it for a full limit: re-sent after a backoff."""
+        self._retry_due = trio.Event()
         self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
 
     @classmethod
@@ -89,6 +93,7 @@ class Client:
         async with trio.open_nursery() as nursery:
             for link in client.links:
                 nursery.start_soon(link.run)
+            nursery.start_soon(client._retry_loop)
             try:
                 yield client
             finally:
@@ -151,6 +156,21 @@ class Client:
         return Result(entry.label, entry.reached, {v.node: v.label for v in entry.votes},
                       pending.certificate, trio.current_time() - start)
 
+    async def _retry_loop(self) -> None:
+        """Re-sends refused-for-now requests to the nodes that refused them, a backoff
+        (CLIENT_RETRY_BACKOFF_S) after the refusal."""
+        while True:
+            await self._retry_due.wait()
+            await trio.sleep(limits.CLIENT_RETRY_BACKOFF_S)
+            self._retry_due = trio.Event()
+            retry, self._retry = self._retry, {}
+            for request_id, nodes in retry.items():
+                pending = self._pending.get(request_id)
+                if pending is None or pending.done.is_set():
+                    continue
+                for node in nodes:
+                    self.links[node].send(pending.request.encoded)
+
     async def _on_frame(self, peer: PeerIdentity, frame: bytes, sender: Sender) -> None:
         if control.is_control(frame):
             self._on_control(peer, frame)
@@ -206,8 +226,15 @@ class Client:
         if kind is control.Control.REJECT:
             request_id = body.get("request_id")
             pending = self._pending.get(request_id) if isinstance(request_id, int) else None
-            # A full limit may clear (a lagging node catches up): keep re-sending then.
-            if pending is not None and node is not None and not body.get("transient"):
+            if pending is None or node is None or pending.done.is_set():
+                return
+            if body.get("transient"):
+                # A full limit clears as the node catches up: ask that node again soon,
+                # rather than after the whole request timeout.
+                self.transient_rejects += 1
+                self._retry.setdefault(request_id, set()).add(node)
+                self._retry_due.set()
+            else:
                 pending.rejects[node] = str(body.get("reason"))
                 if len(pending.rejects) >= self.manifest.f + 1:
                     pending.done.set()

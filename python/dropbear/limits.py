@@ -147,6 +147,8 @@ NODE_MAX_EVIDENCE = 1024
 CLIENT_REQUEST_TIMEOUT_S = 2.0
 """Seconds a client waits for a certificate before re-sending the request to every node
 (a faulty primary is replaced meanwhile by a view change)."""
+CLIENT_RETRY_BACKOFF_S = 0.05
+"""Seconds before a client asks a node again that refused a request for a full limit."""
 CLIENT_DEADLINE_S = 60.0
 """Seconds a client keeps trying one request before it gives up."""
 CLIENT_CONTROL_TIMEOUT_S = 30.0

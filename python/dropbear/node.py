@@ -95,6 +95,30 @@ node's own execution write, which follows in the next group commit. A refusal st
 protocol fact at all."""
 
 
+class Slots:
+    """A counting semaphore taken and given back several units at a time, first come
+    first served (so no two takers can each hold part of what they need)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._lock = trio.Lock()
+        self._freed = trio.Event()
+
+    async def take(self, n: int) -> None:
+        if not 0 <= n <= self.capacity:
+            raise ValueError(f"cannot take {n} of {self.capacity} slots")
+        async with self._lock:
+            while self.used + n > self.capacity:
+                self._freed = trio.Event()
+                await self._freed.wait()
+            self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -143,7 +167,7 @@ class Node:
         self._intake_send, self._intake_receive = trio.open_memory_channel[Request](
             limits.NODE_INTAKE_QUEUE
         )
-        self._inference_slots = trio.Semaphore(
+        self._inference_slots = Slots(
             min(limits.NODE_MAX_INFERENCE_INFLIGHT, executor.max_queue_length)
         )
         self._timers: dict[str, float] = {}
@@ -405,30 +429,40 @@ class Node:
 
     async def _infer(self, action: RequestInference) -> None:
         """Runs the model on the requests (in the executor's batches) and votes."""
-        config = self.executor.config
-        votes: dict[str, list[Vote]] = {}
+        requests = action.requests
+        for start in range(0, len(requests), limits.NODE_INTAKE_BATCH):
+            await self._infer_chunk(requests[start:start + limits.NODE_INTAKE_BATCH])
 
-        async def one(request: Request) -> None:
+    async def _infer_chunk(self, chunk: Sequence[Request]) -> None:
+        config = self.executor.config
+        requests, inputs = [], []
+        for request in chunk:
             head = request.header
-            async with self._inference_slots:
-                try:
-                    x = decode_input(config, head.dtype, head.shape, request.data)
-                    prediction = await self.executor.submit(x)
-                except InferenceError as error:
-                    log.info("no vote for request %s: %s", request.digest.hex()[:12], error)
-                    return
-            label = prediction.class_index
+            try:
+                inputs.append(decode_input(config, head.dtype, head.shape, request.data))
+            except InferenceError as error:
+                log.info("no vote for request %s: %s", request.digest.hex()[:12], error)
+                continue
+            requests.append(request)
+        # A slot per request, so that the executor's queue never overflows.
+        await self._inference_slots.take(len(requests))
+        try:
+            outcomes = await self.executor.submit_many(inputs)
+        finally:
+            self._inference_slots.give(len(requests))
+        votes: dict[str, list[Vote]] = {}
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, InferenceError):
+                log.info("no vote for request %s: %s", request.digest.hex()[:12], outcome)
+                continue
+            label = outcome.class_index
             if self.fault is Fault.FLIP_LABELS:
                 label = (label + 1) % config.num_classes
-            votes.setdefault(prediction.model_version, []).append(
-                Vote(request.digest, label, prediction.probability)
+            votes.setdefault(outcome.model_version, []).append(
+                Vote(request.digest, label, outcome.probability)
             )
-
-        async with trio.open_nursery() as nursery:
-            for request in action.requests:
-                nursery.start_soon(one, request)
-        for version, chunk in votes.items():
-            self._handle(LocalVotes(bytes.fromhex(version), tuple(chunk)))
+        for version, chunk_votes in votes.items():
+            self._handle(LocalVotes(bytes.fromhex(version), tuple(chunk_votes)))
 
     def _activate(self, version: bytes) -> None:
         try:
@@ -536,10 +570,7 @@ class Node:
             "fault": self.fault.value,
             "queues": {
                 "intake": self._intake_send.statistics().current_buffer_used,
-                "inference_inflight": (
-                    min(limits.NODE_MAX_INFERENCE_INFLIGHT, self.executor.max_queue_length)
-                    - self._inference_slots.value
-                ),
+                "inference_inflight": self._inference_slots.used,
                 "pending_requests": replica.pending_requests,
                 "peer_outboxes": {str(p): link.outbox.depth() for p, link in self.links.items()},
             },

@@ -389,6 +389,37 @@ class Executor:
         assert pending.result is not None
         return pending.result
 
+    async def submit_many(self, xs: Sequence[np.ndarray]) -> list[Prediction | InferenceError]:
+        """Queues several inputs at once (one task, however many) and returns, in order, each
+        one's prediction or the InferenceError that refused or failed it (BadInput,
+        QueueFull, a failed batch). Raises ExecutorClosed when the batcher is not running."""
+        if self._send is None:
+            raise ExecutorClosed("executor is not serving: start it with `await start(nursery)`")
+        now = trio.current_time()
+        out: list[Prediction | InferenceError | _Pending] = []
+        for x in xs:
+            try:
+                pending = _Pending(check_input(self._current.config, x), now, trio.Event())
+                self._send.send_nowait(pending)
+            except InferenceError as error:
+                out.append(error)
+                continue
+            except trio.WouldBlock:
+                out.append(QueueFull(f"{self.max_queue_length} inputs are queued, the limit "
+                                     "(max_queue_length)"))
+                continue
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ExecutorClosed("executor stopped serving") from None
+            out.append(pending)
+        results: list[Prediction | InferenceError] = []
+        for item in out:
+            if isinstance(item, _Pending):
+                await item.done.wait()
+                results.append(item.error if item.error is not None else item.result)
+            else:
+                results.append(item)
+        return results
+
     async def start(self, nursery: trio.Nursery) -> None:
         """Starts the batcher in ``nursery``; returns once :meth:`submit` is accepted."""
         await nursery.start(self.serve)

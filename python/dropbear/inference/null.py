@@ -11,6 +11,7 @@ the one the manifest names (the node's genesis version), so votes check out.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import trio
@@ -29,8 +30,8 @@ def null_label(x: np.ndarray, num_classes: int) -> int:
 
 
 class NullExecutor:
-    """The executor surface a node uses (``start``, ``submit``, ``version``, ``config``,
-    ``max_queue_length``, ``stats``, ``stage``, ``switch``), without a model behind it."""
+    """The executor surface a node uses (``start``, ``submit``, ``submit_many``, ``version``,
+    ``config``, ``max_queue_length``, ``stats``, ``stage``, ``switch``), without a model."""
 
     def __init__(self, config: ModelConfig, version: ModelVersion | str,
                  max_queue_length: int = INFERENCE_MAX_QUEUE_LENGTH) -> None:
@@ -59,6 +60,10 @@ class NullExecutor:
         return Prediction(label=self._config.labels[label], class_index=label, probability=1.0,
                           top_k=((self._config.labels[label], 1.0),),
                           model_version=self._version)
+
+    async def submit_many(self, xs: Sequence[np.ndarray]) -> list[Prediction | InferenceError]:
+        out: list[Prediction | InferenceError] = [await self.submit(x) for x in xs]
+        return out
 
     async def stage(self, model: LoadedModel) -> ModelVersion:
         self._staged.add(model.version)
