@@ -208,9 +208,12 @@ class Reader:
     def offset(self) -> int:
         return self._pos
 
-    def span(self, start: int) -> bytes:
-        """The bytes read since offset ``start``."""
-        return bytes(self._data[start : self._pos])
+    def peek(self, fmt: struct.Struct, at: int, what: str) -> Any:
+        """The value ``at`` bytes past the offset, without moving it."""
+        start = self._pos + at
+        if start + fmt.size > len(self._data):
+            raise WireError(f"truncated {what}: need {fmt.size} bytes at offset {start}")
+        return fmt.unpack_from(self._data, start)[0]
 
     def end(self, what: str) -> None:
         if self._pos != len(self._data):
@@ -401,6 +404,15 @@ class RequestHeader(Message):
         _check(all(0 <= d < 2**32 for d in self.shape), f"bad shape {self.shape}")
         _check(0 <= self.request_id < 2**64, f"request id {self.request_id} out of range")
 
+    @staticmethod
+    def size_at(r: Reader) -> int:
+        """The length of the encoded header (signature included) at ``r``'s offset, from its
+        dtype length and rank bytes; WireError if they are cut off."""
+        dtype_at = 2 + DIGEST_BYTES + KEY_BYTES + 8
+        dtype_len = r.peek(_U16, dtype_at, "dtype length")
+        rank = r.peek(_U8, dtype_at + 2 + dtype_len, "rank")
+        return dtype_at + 2 + dtype_len + 1 + 4 * rank + DIGEST_BYTES + SIGNATURE_BYTES
+
     @property
     def input_bytes(self) -> int:
         """The size the input must have: product of the shape times the item size."""
@@ -496,9 +508,9 @@ class Request(Message):
 
     @classmethod
     def _read(cls, r: Reader) -> Request:
-        start = r.offset
-        head = RequestHeader._read(r)
-        MEMO.put(r.span(start), head)  # the bytes a PRE-PREPARE will carry for it
+        # The header's bytes are what a PRE-PREPARE carries for this request: decode them
+        # through the memo, whichever of the two reaches this node first.
+        head = MEMO.decode(RequestHeader, r.fixed(RequestHeader.size_at(r), "request header"))
         data = r.blob("input", MAX_REQUEST_BYTES)
         try:
             return cls(head, data)

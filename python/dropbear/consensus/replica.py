@@ -42,6 +42,7 @@ from dropbear.consensus.state import BatchError, Derived, GroupState, derive
 from dropbear.evidence import Evidence, EvidenceError
 from dropbear.manifest import Manifest
 from dropbear.wire import (
+    MEMO,
     Batch,
     CatchupRequest,
     CatchupResponse,
@@ -479,6 +480,7 @@ class Replica:
             message = Votes(self.gid, self.me, version, chunk).signed(self.key)
             for vote in chunk:
                 self._my_votes[vote.request] = message
+            MEMO.put(message.encoded, message)  # a PRE-PREPARE will bring these bytes back
             self._broadcast(message)
             self._on_votes(message, verified=True)
 
