@@ -122,13 +122,18 @@ class GroupState:
     clients: OrderedDict[bytes, ClientWindow] = field(default_factory=OrderedDict)
     seq: int = 0
     digest: bytes = bytes(32)
+    _owned: set[bytes] = field(default_factory=set, repr=False, compare=False)
+    """Clients whose windows this state made or copied itself (the rest it shares with the
+    state it was copied from, and copies before changing)."""
 
     @classmethod
     def genesis(cls, manifest: Manifest) -> GroupState:
         return cls([n.model_version for n in manifest.nodes], [0] * manifest.n)
 
     def copy(self) -> GroupState:
-        """A copy to project pending batches onto (client windows copied lazily)."""
+        """A copy to project pending batches onto. Client windows are copied on write: both
+        states now share every window, so neither changes one in place any more."""
+        self._owned.clear()
         return GroupState(
             list(self.versions), list(self.counters), OrderedDict(self.clients), self.seq,
             self.digest,
@@ -154,11 +159,15 @@ class GroupState:
 
     def apply_entry(self, entry: RequestEntry) -> None:
         window = self.clients.pop(entry.client, None)
-        window = ClientWindow() if window is None else window.copy()
+        if window is None:
+            window = ClientWindow()
+        elif entry.client not in self._owned:
+            window = window.copy()
+        self._owned.add(entry.client)
         window.use(entry.request_id)
         self.clients[entry.client] = window  # most recently used last
         while len(self.clients) > MAX_CLIENTS:
-            self.clients.popitem(last=False)
+            self._owned.discard(self.clients.popitem(last=False)[0])
 
     def apply_update(self, update: ModelUpdate) -> None:
         self.versions[update.node] = update.model_version

@@ -1,0 +1,54 @@
+"""GroupState: projections (copies) and the state they came from never change each other."""
+
+from dropbear.agreement import make_entry
+from dropbear.consensus.state import GroupState
+from dropbear.wire import EntryVote, Request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sim.group import make_group
+
+GROUP = make_group(4)
+M = GROUP.manifest
+CLIENTS = [GROUP.node_keys[i] for i in range(2)]
+
+
+def entry(client: int, request_id: int):
+    head = Request.create(CLIENTS[client], M.group_id, request_id, "uint8", (1,), b"\x00").header
+    votes = [EntryVote(n, M.nodes[n].model_version, 0, 1.0) for n in range(3)]
+    return make_entry(head, votes, M.threshold)
+
+
+def windows(state: GroupState) -> dict:
+    return {c: (w.low, sorted(w.ordered)) for c, w in state.clients.items()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 1), st.integers(0, 200)),
+                max_size=40))
+def test_copies_are_independent_whichever_side_moves(steps):
+    state = GroupState.genesis(M)
+    copies: list[tuple[GroupState, dict]] = []
+    for on_copy, client, request_id in steps:
+        if on_copy or not copies:
+            copy = state.copy()
+            copies.append((copy, windows(copy)))
+            if on_copy:
+                copy.apply_entry(entry(client, request_id))
+                copies[-1] = (copy, windows(copy))
+                continue
+        before = [windows(c) for c, _ in copies]
+        state.apply_entry(entry(client, request_id))
+        assert [windows(c) for c, _ in copies] == before  # the original moved alone
+    for copy, seen in copies:
+        assert windows(copy) == seen
+
+
+def test_a_used_id_is_not_fresh_and_the_window_slides():
+    state = GroupState.genesis(M)
+    key = CLIENTS[0].public_key
+    for request_id in range(100, 170):
+        assert state.fresh(key, request_id)
+        state.apply_entry(entry(0, request_id))
+        assert not state.fresh(key, request_id)
+    assert not state.fresh(key, 100)  # below the window now
+    assert state.clients[key].low == 169 - 64 + 1
