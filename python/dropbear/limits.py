@@ -115,6 +115,12 @@ PIPELINE_DEPTH = 16
 """Batches the primary keeps in flight beyond the last executed one."""
 VOTE_WAIT = 0.02
 """Seconds the primary waits, past 2f+1 votes, for the remaining nodes' votes."""
+EAGER_DEPTH = 2
+"""Batches in flight below which the primary proposes whatever is ready at once."""
+BATCH_FILL = 16
+"""Past EAGER_DEPTH batches in flight, a batch of fewer requests waits for more..."""
+BATCH_WAIT = 0.005
+"""...for at most this many seconds."""
 REQUEST_TIMEOUT = 1.0
 """Seconds a backup waits for an orderable request to commit before it suspects the primary."""
 VIEW_CHANGE_TIMEOUT = 1.0

@@ -95,6 +95,37 @@ node's own execution write, which follows in the next group commit. A refusal st
 protocol fact at all."""
 
 
+class Timers:
+    """The replica's named timers: deadlines on the trio clock."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[str, float] = {}
+        self._changed = trio.Event()
+
+    def set(self, name: str, deadline: float) -> None:
+        self._deadlines[name] = deadline
+        self._changed.set()
+
+    def cancel(self, name: str) -> None:
+        self._deadlines.pop(name, None)
+
+    def pop_due(self, now: float) -> str | None:
+        """The earliest timer due at ``now``, removed; one at a time, because handling one
+        may cancel or re-set the others."""
+        due = [(deadline, name) for name, deadline in self._deadlines.items() if deadline <= now]
+        if not due:
+            return None
+        name = min(due)[1]
+        del self._deadlines[name]
+        return name
+
+    async def wait_for_change(self) -> None:
+        """Returns at the next deadline, or when a timer is set."""
+        self._changed = trio.Event()
+        with trio.move_on_at(min(self._deadlines.values(), default=float("inf"))):
+            await self._changed.wait()
+
+
 class Slots:
     """A counting semaphore taken and given back several units at a time, first come
     first served (so no two takers can each hold part of what they need)."""
@@ -170,8 +201,7 @@ class Node:
         self._inference_slots = Slots(
             min(limits.NODE_MAX_INFERENCE_INFLIGHT, executor.max_queue_length)
         )
-        self._timers: dict[str, float] = {}
-        self._timers_changed = trio.Event()
+        self._timers = Timers()
         self._nursery: trio.Nursery | None = None
         self._held: list[Action] = []
         """Actions waiting for the group commit that makes their cause durable."""
@@ -325,16 +355,10 @@ class Node:
 
     async def _timer_loop(self) -> None:
         while True:
-            now = trio.current_time()
-            due = sorted((deadline, name) for name, deadline in self._timers.items()
-                         if deadline <= now)
-            for _, name in due:
-                del self._timers[name]
+            while (name := self._timers.pop_due(trio.current_time())) is not None:
                 self._handle(TimerFired(name))
-            next_deadline = min(self._timers.values(), default=float("inf"))
-            self._timers_changed = trio.Event()
-            with trio.move_on_at(next_deadline):
-                await self._timers_changed.wait()
+                await trio.sleep(0)
+            await self._timers.wait_for_change()
 
     # --- actions out --------------------------------------------------------------------------
 
@@ -379,10 +403,9 @@ class Node:
                     for link in self.links.values():
                         link.send(frame)
                 case SetTimer(name, delay):
-                    self._timers[name] = trio.current_time() + delay
-                    self._timers_changed.set()
+                    self._timers.set(name, trio.current_time() + delay)
                 case CancelTimer(name):
-                    self._timers.pop(name, None)
+                    self._timers.cancel(name)
                 case RequestInference():
                     assert self._nursery is not None
                     self._nursery.start_soon(self._infer, action)

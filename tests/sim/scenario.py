@@ -104,7 +104,7 @@ def _assign(world: World, rng: random.Random, roles: dict[int, str]) -> None:
         elif role == "twins":
             ledger = MemoryLedger()
             key = world.group.node_keys[index]
-            twin = Replica(world.manifest, index, key, ledger, SIM_CONFIG)
+            twin = Replica(world.manifest, index, key, ledger, world.config)
             world.twins[index] = SimNode(index, twin, ledger, node.version, honest=False)
 
 

@@ -123,8 +123,10 @@ CLIENT_BASE = 1000  # network address of client i is CLIENT_BASE + i
 class World:
     """n replicas and a few clients under one seeded scheduler."""
 
-    def __init__(self, seed: int, n: int = 4, clients: int = 2) -> None:
+    def __init__(self, seed: int, n: int = 4, clients: int = 2,
+                 config: ReplicaConfig = SIM_CONFIG) -> None:
         self.seed = seed
+        self.config = config
         self.rng = random.Random(seed)
         self.group: Group = make_group(n)
         self.manifest = self.group.manifest
@@ -135,7 +137,7 @@ class World:
         self.nodes: list[SimNode] = []
         for i in range(n):
             ledger = MemoryLedger()
-            replica = Replica(self.manifest, i, self.group.node_keys[i], ledger, SIM_CONFIG)
+            replica = Replica(self.manifest, i, self.group.node_keys[i], ledger, config)
             self.nodes.append(SimNode(i, replica, ledger, self.manifest.nodes[i].model_version))
         self.twins: dict[int, SimNode] = {}
         self.clients = [SimClient(key(f"client/{seed}/{c}")) for c in range(clients)]
@@ -253,7 +255,7 @@ class World:
         if node.up:
             return
         node.replica = Replica(
-            self.manifest, index, self.group.node_keys[index], node.ledger, SIM_CONFIG
+            self.manifest, index, self.group.node_keys[index], node.ledger, self.config
         )
         node.version = node.replica.state.versions[index]
         node.up = True

@@ -69,9 +69,10 @@ from dropbear.wire import (
 
 PROGRESS = "progress"
 VOTE_WAIT = "vote-wait"
+BATCH_WAIT = "batch-wait"
 VIEW_CHANGE = "view-change"
 CATCH_UP = "catch-up"
-TIMERS = (PROGRESS, VOTE_WAIT, VIEW_CHANGE, CATCH_UP)
+TIMERS = (PROGRESS, VOTE_WAIT, BATCH_WAIT, VIEW_CHANGE, CATCH_UP)
 """The names of the replica's timers."""
 
 
@@ -84,6 +85,9 @@ class ReplicaConfig:
     pipeline_depth: int = L.PIPELINE_DEPTH
     max_batch_entries: int = L.MAX_BATCH_ENTRIES
     vote_wait: float = L.VOTE_WAIT
+    eager_depth: int = L.EAGER_DEPTH
+    batch_fill: int = L.BATCH_FILL
+    batch_wait: float = L.BATCH_WAIT
     request_timeout: float = L.REQUEST_TIMEOUT
     view_change_timeout: float = L.VIEW_CHANGE_TIMEOUT
     max_view_change_timeout: float = L.MAX_VIEW_CHANGE_TIMEOUT
@@ -173,6 +177,8 @@ class Replica:
         self._updates: dict[int, ModelUpdate] = {}
         self._waiting: set[bytes] = set()
         self._expired: set[bytes] = set()
+        self._batch_due = False
+        """The batch wait ran out: the next batch is proposed however small."""
         self._replies: OrderedDict[tuple[bytes, int], Certificate] = OrderedDict()
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.convicted: set[int] = set()
@@ -384,6 +390,9 @@ class Replica:
             self._expired |= self._waiting
             self._waiting.clear()
             self._propose()
+        elif name == BATCH_WAIT:
+            self._batch_due = True
+            self._propose()
         elif name == PROGRESS:
             self._want_catchup(poll=True)  # perhaps we missed batches, not the primary
             if self.active and self.primary != self.me and self._has_orderable():
@@ -587,6 +596,8 @@ class Replica:
             batch = self._assemble(projected)
             if batch is None:
                 return
+            if self._hold_back(seq, batch):
+                return
             try:
                 derived = derive(batch, self.manifest)
             except BatchError:
@@ -599,12 +610,28 @@ class Replica:
             )
             if not self._may_sign(statement):
                 return
+            self._batch_due = False
+            self._cancel_timer(BATCH_WAIT)
             message = PrePrepare(statement, self.key.sign(statement.encoded), batch)
             slot = Slot(self.view, seq, batch, derived, message.signature)
             self._slots[seq] = slot
             self.next_seq = seq + 1
             self._broadcast(message)
             self._maybe_prepare(slot)
+
+    def _hold_back(self, seq: int, batch: Batch) -> bool:
+        """Whether to wait for a fuller batch: with ``eager_depth`` batches already in flight,
+        a batch of fewer than ``batch_fill`` requests waits (at most ``batch_wait``) for more.
+        At low load every request is proposed at once; under load, batches grow instead of
+        the number of batches, and so does the work each protocol message amortizes."""
+        in_flight = seq - self.state.seq - 1
+        fill = min(self.config.batch_fill, self.config.max_batch_entries)
+        if (in_flight < self.config.eager_depth or self._batch_due or batch.updates
+                or len(batch.requests) >= fill):
+            return False
+        if BATCH_WAIT not in self._running:
+            self._set_timer(BATCH_WAIT, self.config.batch_wait)
+        return True
 
     def _assemble(self, projected: GroupState) -> Batch | None:
         """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
@@ -1010,6 +1037,8 @@ class Replica:
         self.vc_target = view
         self._cancel_timer(PROGRESS)
         self._cancel_timer(VOTE_WAIT)
+        self._cancel_timer(BATCH_WAIT)
+        self._batch_due = False
         self._send_view_change()
         self._maybe_new_view()
 
