@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from dropbear import certificate, control
+from dropbear import certificate, control, limits
+from dropbear.consensus import ReplicaConfig
 from dropbear.cli import subcommand
 from dropbear.client import Client, ClientError
 from dropbear.deploy import (
@@ -106,6 +107,9 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an input may wait for others to join its batch; 0 (the "
                         "default) runs a batch as soon as the model is free, and what queues "
                         "while it runs forms the next batch")
+    parser.add_argument("--batch-wait", type=float, default=limits.BATCH_WAIT,
+                        help="as primary, with batches in flight: seconds a small ordering "
+                             f"batch waits for more requests (default {limits.BATCH_WAIT})")
     parser.add_argument("--fault-injection", action="store_true",
                         help="accept FAULT control frames (demos and tests only)")
     parser.add_argument("--fault", choices=[f.value for f in Fault], default="none",
@@ -145,6 +149,7 @@ def node(args: argparse.Namespace) -> int:
                             max_queue_delay=args.max_queue_delay,
                             fault_injection=args.fault_injection, fault=Fault(args.fault),
                             null_model=args.null_model,
+                            replica=ReplicaConfig(batch_wait=args.batch_wait),
                             link_delay=_site_delays(manifest.n, args.id, args.site_delay,
                                                     args.sites))
 
