@@ -119,8 +119,9 @@ EAGER_DEPTH = 2
 """Batches in flight below which the primary proposes whatever is ready at once."""
 BATCH_FILL = 16
 """Past EAGER_DEPTH batches in flight, a batch of fewer requests waits for more..."""
-BATCH_WAIT = 0.005
-"""...for at most this many seconds."""
+BATCH_WAIT = 0.02
+"""...for at most this many seconds (long enough to fill batches when a batch takes a few
+wide-area round trips to commit; on loopback, batches fill long before)."""
 REQUEST_TIMEOUT = 1.0
 """Seconds a backup waits for an orderable request to commit before it suspects the primary."""
 VIEW_CHANGE_TIMEOUT = 1.0
