@@ -789,15 +789,19 @@ class Replica:
         known = self._prepares.setdefault(s.slot, {})
         if s.node in known and known[s.node] == message:
             return
+        slot = self._slots.get(s.seq)
         if not verified:
-            primary_key = self.manifest.node_key(self.primary)
-            items = [
-                message.check_item(self.manifest.node_key(s.node)),
-                (message.proposal(self.primary).encoded, message.proposal_signature, primary_key),
-            ]
+            if (s.view, s.seq, s.digest) in self._prepare_quorums:
+                return  # 2f+1 matching PREPAREs are in: a matching one adds nothing
+            items = [message.check_item(self.manifest.node_key(s.node))]
+            if not (slot is not None and slot.view == s.view and slot.root == s.digest
+                    and slot.proposal_signature == message.proposal_signature):
+                # (the proposal signature of a PRE-PREPARE we accepted was checked then)
+                primary_key = self.manifest.node_key(self.primary)
+                items.append((message.proposal(self.primary).encoded,
+                              message.proposal_signature, primary_key))
             if not self._verify(items):
                 return
-        slot = self._slots.get(s.seq)
         if slot is not None and slot.view == s.view and slot.root != s.digest:
             ours = Statement(
                 Kind.PRE_PREPARE, self.gid, self.primary, slot.view, slot.seq,
@@ -851,6 +855,8 @@ class Replica:
         known = self._commits.setdefault(s.slot, {})
         if s.node in known and known[s.node] == message:
             return
+        if not verified and (s.view, s.seq, s.digest) in self._commit_quorums:
+            return  # 2f+1 matching COMMITs are in: a matching one adds nothing
         if not verified and not message.verify(self.manifest.node_key(s.node)):
             return
         known.setdefault(s.node, message)
