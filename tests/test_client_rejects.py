@@ -82,3 +82,18 @@ async def test_a_node_that_refused_for_a_full_limit_is_asked_again_soon() -> Non
         await trio.sleep(limits.CLIENT_RETRY_BACKOFF_S * 3)
         assert [link.outbox.depth() for link in client.links] == [0, 1, 0, 1]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_stays_full_is_asked_again_only_a_few_times() -> None:
+    from dropbear import limits
+
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    request = Request.create(client.key, GROUP.manifest.group_id, 5, "uint8", (1,), b"\x03")
+    client._pending[5] = _Pending(request)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client._retry_loop)
+        for _ in range(limits.CLIENT_FAST_RETRIES + 3):
+            reject(client, 2, 5, transient=True)
+            await trio.sleep(limits.CLIENT_RETRY_BACKOFF_S * 2)
+        assert client.links[2].outbox.depth() == limits.CLIENT_FAST_RETRIES
+        nursery.cancel_scope.cancel()

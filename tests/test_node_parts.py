@@ -49,3 +49,45 @@ async def test_slots_are_taken_whole_and_first_come_first_served():
     assert order == ["big", "small"] and slots.used == 7
     with pytest.raises(ValueError, match="cannot take 11 of 10"):
         await slots.take(11)
+
+
+async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does(tmp_path):
+    """A REPLY leaves at once, except when our own COMMIT of its batch (which the
+    certificate may carry) is still waiting for the fsync that makes it durable."""
+    from dropbear import _core
+    from dropbear.consensus import Broadcast, Reply, SetTimer
+    from dropbear.inference import ModelRepository
+    from dropbear.inference.null import NullExecutor
+    from dropbear.ledger import SqliteLedger
+    from dropbear.node import Node
+    from dropbear.wire import Certificate, Commit, Kind, Statement
+    from sim.group import make_group
+
+    group = make_group(4)
+    manifest = group.manifest
+    repository = ModelRepository("models")
+    info = manifest.nodes[0]
+    executor = NullExecutor(repository.config("digits-mlp"), info.model_version.hex())
+    ledger = SqliteLedger(tmp_path / "node-0.db", group_id=manifest.group_id, node=0,
+                          group_commit=True)
+    node = Node(manifest, 0, group.node_keys[0], executor, repository, ledger=ledger)
+    carried: list = []
+    node._carry_out = lambda actions: carried.extend(actions)  # what leaves, in order
+
+    def reply(seq: int) -> Reply:
+        cert = Certificate(manifest.group_id, 0, seq, 1, 0, bytes(32), None, (), ())
+        return Reply(_core.SigningKey.generate().public_key, cert)
+
+    ours = Broadcast(Commit(Statement(Kind.COMMIT, manifest.group_id, 0, 0, 5, 1, bytes(32)))
+                     .signed(group.node_keys[0]))
+    node._record = lambda actions: None  # these stand-in certificates are not for storing
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        timer, older, newer = SetTimer("progress", 1.0), reply(4), reply(5)
+        node._apply([ours, older, newer, timer])
+        assert carried == [older, timer]  # seq 5 waits with our COMMIT of seq 5
+        await trio.sleep(0.05)  # the group commit
+        assert carried == [older, timer, ours, newer]
+        node._apply([reply(5)])  # our COMMIT of seq 5 is durable now: at once
+        assert len(carried) == 5
+    ledger.close()

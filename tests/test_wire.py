@@ -204,7 +204,7 @@ def test_votes_round_trip(items):
 
 
 def test_decode_memo_shares_identical_bytes_and_stays_bounded():
-    memo = wire.DecodeMemo(limit=3, limit_bytes=10_000)
+    memo = wire.DecodeMemo(limit=3, limit_bytes=100_000)
     votes = [Votes(GID, n, b"\x01" * 32, (Vote(b"\x02" * 32, n, 0.5),)).signed(K[n])
              for n in range(4)]
     first = memo.decode(Votes, votes[0].encoded)
@@ -214,7 +214,7 @@ def test_decode_memo_shares_identical_bytes_and_stays_bounded():
         assert memo.decode(Votes, v.encoded) == v
     assert len(memo._items) == 3  # the oldest went
     assert memo.decode(Votes, votes[0].encoded) is not first
-    small = wire.DecodeMemo(limit=100, limit_bytes=2 * len(votes[0].encoded))
+    small = wire.DecodeMemo(limit=100, limit_bytes=2 * wire._memo_cost(votes[0].encoded))
     for v in votes:
         small.decode(Votes, v.encoded)
     assert small._bytes <= small.limit_bytes and len(small._items) == 2

@@ -145,11 +145,15 @@ def node(args: argparse.Namespace) -> int:
         key = read_key(args.key or key_path(args.manifest.parent, "node", args.id))
     except (ManifestError, OSError, ValueError) as error:
         return _fail(str(error))
+    try:
+        replica_config = ReplicaConfig(batch_wait=args.batch_wait)
+    except ValueError as error:
+        return _fail(f"--batch-wait: {error}")
     settings = NodeSettings(models_dir=args.models_dir, max_batch_size=args.max_batch_size,
                             max_queue_delay=args.max_queue_delay,
                             fault_injection=args.fault_injection, fault=Fault(args.fault),
                             null_model=args.null_model,
-                            replica=ReplicaConfig(batch_wait=args.batch_wait),
+                            replica=replica_config,
                             link_delay=_site_delays(manifest.n, args.id, args.site_delay,
                                                     args.sites))
 

@@ -55,6 +55,7 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     certificate: Certificate | None = None
     rejects: dict[int, str] = field(default_factory=dict)
+    fast_retries: int = 0
 
 
 class Client:
@@ -168,6 +169,7 @@ class Client:
                 pending = self._pending.get(request_id)
                 if pending is None or pending.done.is_set():
                     continue
+                pending.fast_retries += 1
                 for node in nodes:
                     self.links[node].send(pending.request.encoded)
 
@@ -230,10 +232,12 @@ class Client:
                 return
             if body.get("transient"):
                 # A full limit clears as the node catches up: ask that node again soon,
-                # rather than after the whole request timeout.
+                # rather than after the whole request timeout (a few times at most, so
+                # that a node that stays full is not flooded).
                 self.transient_rejects += 1
-                self._retry.setdefault(request_id, set()).add(node)
-                self._retry_due.set()
+                if pending.fast_retries < limits.CLIENT_FAST_RETRIES:
+                    self._retry.setdefault(request_id, set()).add(node)
+                    self._retry_due.set()
             else:
                 pending.rejects[node] = str(body.get("reason"))
                 if len(pending.rejects) >= self.manifest.f + 1:

@@ -106,7 +106,7 @@ DECODE_MEMO_ENTRIES = 16384
 """Decoded REQUEST headers and VOTES kept by their bytes, so that a PRE-PREPARE repeating
 them is not decoded twice (wire.DecodeMemo)."""
 DECODE_MEMO_BYTES = 64 * 1024 * 1024
-"""Bytes of encodings DecodeMemo keeps, whatever their number."""
+"""Memory DecodeMemo may hold (encodings and decoded objects), whatever their number."""
 SEQ_WINDOW = 64
 """Sequence numbers accepted above the last stable checkpoint (PBFT's high watermark)."""
 CHECKPOINT_INTERVAL = 16
@@ -155,7 +155,9 @@ CLIENT_REQUEST_TIMEOUT_S = 2.0
 """Seconds a client waits for a certificate before re-sending the request to every node
 (a faulty primary is replaced meanwhile by a view change)."""
 CLIENT_RETRY_BACKOFF_S = 0.05
-"""Seconds before a client asks a node again that refused a request for a full limit."""
+"""Seconds before a client asks a node again that refused a request for a full limit..."""
+CLIENT_FAST_RETRIES = 4
+"""...at most this many times per request; then only the request timeout re-sends it."""
 CLIENT_DEADLINE_S = 60.0
 """Seconds a client keeps trying one request before it gives up."""
 CLIENT_CONTROL_TIMEOUT_S = 30.0

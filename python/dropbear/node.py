@@ -52,7 +52,7 @@ from dropbear.inference import (
 )
 from dropbear.manifest import Manifest
 from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
-from dropbear.wire import Certificate, ModelUpdate, Request, Vote, WireError, decode
+from dropbear.wire import Certificate, Commit, ModelUpdate, Request, Vote, WireError, decode
 from dropbear.wire import Reply as ReplyMessage
 
 log = logging.getLogger("dropbear.node")
@@ -85,14 +85,6 @@ class NodeSettings:
     replica: ReplicaConfig | None = None
     null_model: bool = False
     """Serve with a NullExecutor (answers at once, no JAX): benchmarks of ordering alone."""
-
-
-_NOT_HELD = (SetTimer, CancelTimer, Reply, Refuse)
-"""Actions the group commit does not hold back. Timers need no durability. A REPLY's
-certificate proves that 2f+1 nodes committed the batch, and each of them made the batch
-durable (its prepared proof) before it sent its COMMIT: nothing it carries waits on this
-node's own execution write, which follows in the next group commit. A refusal states no
-protocol fact at all."""
 
 
 class Timers:
@@ -204,6 +196,8 @@ class Node:
         self._timers = Timers()
         self._nursery: trio.Nursery | None = None
         self._held: list[Action] = []
+        self._held_commits: set[tuple[int, int]] = set()
+        """(view, seq) of our COMMITs among the held actions (see :meth:`_not_held`)."""
         """Actions waiting for the group commit that makes their cause durable."""
         self._flush_scheduled = False
         self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
@@ -372,14 +366,29 @@ class Node:
             self._carry_out(actions)
             return
         self._record(actions)
-        at_once = [a for a in actions if isinstance(a, _NOT_HELD)]
+        for action in actions:
+            if isinstance(action, Broadcast) and isinstance(action.message, Commit):
+                self._held_commits.add((action.message.view, action.message.seq))
+        at_once = [a for a in actions if self._not_held(a)]
         if at_once:
             self._carry_out(at_once)
-        self._held.extend(a for a in actions if not isinstance(a, _NOT_HELD))
+        self._held.extend(a for a in actions if not self._not_held(a))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._nursery is not None
             self._nursery.start_soon(self._flush)
+
+    def _not_held(self, action: Action) -> bool:
+        """Timers need no durability; a refusal states no protocol fact. A REPLY's
+        certificate carries 2f+1 COMMITs, and each of them was sent only once its node's
+        prepared proof (the batch included) was durable; so a REPLY goes out at once, unless
+        our own COMMIT for it is among the actions still waiting for this group commit."""
+        if isinstance(action, SetTimer | CancelTimer | Refuse):
+            return True
+        if isinstance(action, Reply):
+            cert = action.certificate
+            return (cert.view, cert.seq) not in self._held_commits
+        return False
 
     async def _flush(self) -> None:
         """Group commit: one transaction (one fsync) for every event handled since the last
@@ -387,6 +396,7 @@ class Node:
         await trio.sleep(0)  # let the tasks already woken handle their frames first
         self._flush_scheduled = False
         held, self._held = self._held, []
+        self._held_commits.clear()
         assert self._durable is not None
         self._durable.sync()
         self._carry_out(held)
@@ -453,8 +463,9 @@ class Node:
     async def _infer(self, action: RequestInference) -> None:
         """Runs the model on the requests (in the executor's batches) and votes."""
         requests = action.requests
-        for start in range(0, len(requests), limits.NODE_INTAKE_BATCH):
-            await self._infer_chunk(requests[start:start + limits.NODE_INTAKE_BATCH])
+        step = min(limits.NODE_INTAKE_BATCH, self._inference_slots.capacity)
+        for start in range(0, len(requests), step):
+            await self._infer_chunk(requests[start:start + step])
 
     async def _infer_chunk(self, chunk: Sequence[Request]) -> None:
         config = self.executor.config
@@ -471,6 +482,9 @@ class Node:
         await self._inference_slots.take(len(requests))
         try:
             outcomes = await self.executor.submit_many(inputs)
+        except InferenceError as error:  # the executor stopped: no votes from this chunk
+            log.warning("no votes for %d requests: %s", len(requests), error)
+            return
         finally:
             self._inference_slots.give(len(requests))
         votes: dict[str, list[Vote]] = {}

@@ -331,6 +331,12 @@ def _nested(r: Reader, cls: type[M], what: str) -> M:
     return cls.decode(r.blob(what))
 
 
+def _memo_cost(data: bytes) -> int:
+    """Memory an entry holds: its bytes, and the decoded objects, about 4x as much (a VOTES
+    message of 1,024 votes is 45 KB encoded and about 200 KB decoded)."""
+    return 5 * len(data)
+
+
 class DecodeMemo:
     """Decoded messages by their exact bytes: a bounded FIFO map (``limit`` entries).
 
@@ -342,6 +348,7 @@ class DecodeMemo:
 
     def __init__(self, limit: int = DECODE_MEMO_ENTRIES,
                  limit_bytes: int = DECODE_MEMO_BYTES) -> None:
+        """At most ``limit`` entries and ``limit_bytes`` of memory (see :func:`_memo_cost`)."""
         self.limit = limit
         self.limit_bytes = limit_bytes
         self._items: dict[bytes, Message] = {}
@@ -358,15 +365,16 @@ class DecodeMemo:
         return message
 
     def put(self, data: bytes, message: Message) -> None:
-        if len(data) > self.limit_bytes or data in self._items:
+        cost = _memo_cost(data)
+        if cost > self.limit_bytes or data in self._items:
             return
         while self._items and (len(self._items) >= self.limit
-                               or self._bytes + len(data) > self.limit_bytes):
+                               or self._bytes + cost > self.limit_bytes):
             oldest = next(iter(self._items))
             del self._items[oldest]
-            self._bytes -= len(oldest)
+            self._bytes -= _memo_cost(oldest)
         self._items[data] = message
-        self._bytes += len(data)
+        self._bytes += cost
 
     def clear(self) -> None:
         self._items.clear()

@@ -78,8 +78,50 @@ def test_a_lone_request_is_proposed_at_once():
     from .world import SIM_CONFIG, World
 
     # A batch wait of a whole second would show: a lone request never waits for it.
-    config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=8, batch_wait=1.0)
+    config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=8, batch_wait=1.0,
+                                 request_timeout=4.0)
     world = World(seed=4, config=config)
     world.submit(0)
     world.run_until(0.5, world.all_certified)
     assert world.all_certified() and world.nodes[0].ledger.last_seq() == 1
+
+
+def _resized(world, node, to, message):
+    """A faulty node's PREPAREs and COMMITs: the right root, another tree size, validly
+    signed by it (a statement about a batch that does not exist)."""
+    from dropbear.wire import Commit, Prepare, Statement
+
+    if not isinstance(message, Prepare | Commit):
+        return message
+    s = message.statement
+    statement = Statement(s.kind, s.group_id, s.node, s.view, s.seq, s.size + 1, s.digest)
+    signature = world.group.node_keys[node.index].sign(statement.encoded)
+    if isinstance(message, Prepare):
+        return Prepare(statement, signature, message.proposal_signature)
+    return Commit(statement, signature)
+
+
+def test_a_statement_of_the_right_root_and_another_size_counts_for_nothing():
+    from dropbear.certificate import is_valid
+    from dropbear.consensus import proofs
+
+    from .world import World
+
+    world = World(7, 4, clients=1)
+    saved = []
+    for node in world.nodes[:3]:
+        def save(proof, original=node.ledger.save_prepared):
+            saved.append(proof)
+            return original(proof)
+        node.ledger.save_prepared = save
+    replies = []
+    on_reply = world.checker.on_reply
+    world.checker.on_reply = lambda node, cert: (replies.append(cert), on_reply(node, cert))
+    world.nodes[3].outbox_filter = _resized
+    world.nodes[3].honest = False
+    for _ in range(6):
+        world.submit(0)
+    world.run_until(8.0, world.all_certified)
+    assert world.all_certified()
+    assert saved and all(proofs.prepared_checks(world.manifest, p) is not None for p in saved)
+    assert replies and all(is_valid(cert, world.manifest) for cert in replies)

@@ -94,6 +94,14 @@ class ReplicaConfig:
     catchup_interval: float = L.CATCHUP_INTERVAL
 
     def __post_init__(self) -> None:
+        if not 0 <= self.batch_wait <= self.request_timeout / 4:
+            raise ValueError(
+                f"batch wait {self.batch_wait}s must be in 0..request_timeout/4 "
+                f"({self.request_timeout / 4}s): longer, and backups would suspect the primary"
+            )
+        if self.eager_depth < 1 or self.batch_fill < 1:
+            raise ValueError(f"eager depth {self.eager_depth} and batch fill {self.batch_fill} "
+                             "must be at least 1")
         if not 0 < self.checkpoint_interval <= self.window // 2:
             raise ValueError(
                 f"checkpoint interval {self.checkpoint_interval} must be in 1..window/2 "
@@ -124,6 +132,12 @@ class _Votes:
     """The votes known for one request: per node, the VOTES message and its output."""
 
     by_node: dict[int, tuple[Votes, int, float]] = field(default_factory=dict)
+
+
+def _matches(slot: Slot | None, s: Statement) -> bool:
+    """Whether statement ``s`` is about ``slot`` exactly: view, sequence number, size, root."""
+    return (slot is not None and s.view == slot.view and s.seq == slot.seq
+            and s.size == slot.derived.size and s.digest == slot.root)
 
 
 class Replica:
@@ -790,12 +804,12 @@ class Replica:
         if s.node in known and known[s.node] == message:
             return
         slot = self._slots.get(s.seq)
+        ours = _matches(slot, s)
         if not verified:
-            if (s.view, s.seq, s.digest) in self._prepare_quorums:
-                return  # 2f+1 matching PREPAREs are in: a matching one adds nothing
+            if ours and slot is not None and slot.prepared and s.node not in known:
+                return  # prepared already: a first, matching PREPARE of a node adds nothing
             items = [message.check_item(self.manifest.node_key(s.node))]
-            if not (slot is not None and slot.view == s.view and slot.root == s.digest
-                    and slot.proposal_signature == message.proposal_signature):
+            if not (ours and slot.proposal_signature == message.proposal_signature):
                 # (the proposal signature of a PRE-PREPARE we accepted was checked then)
                 primary_key = self.manifest.node_key(self.primary)
                 items.append((message.proposal(self.primary).encoded,
@@ -830,11 +844,16 @@ class Replica:
             or (slot.view, seq, slot.root) not in self._prepare_quorums
         ):
             return
+        # The tracker counts by root; a proof needs 2f+1 whole statements like ours (a
+        # faulty node's PREPARE of the right root and another size must not count).
+        matching = tuple(
+            p for p in self._prepares.get((slot.view, seq), {}).values()
+            if _matches(slot, p.statement)
+        )[: self.manifest.quorum]
+        if len(matching) < self.manifest.quorum:
+            return
         slot.prepared = True
         self._prepare_successor(seq)
-        matching = tuple(
-            p for p in self._prepares.get((slot.view, seq), {}).values() if p.root == slot.root
-        )[: self.manifest.quorum]
         proof = PreparedProof(slot.view, seq, slot.batch, matching)
         self._prepared[seq] = proof
         self.ledger.save_prepared(proof)
@@ -855,8 +874,10 @@ class Replica:
         known = self._commits.setdefault(s.slot, {})
         if s.node in known and known[s.node] == message:
             return
-        if not verified and (s.view, s.seq, s.digest) in self._commit_quorums:
-            return  # 2f+1 matching COMMITs are in: a matching one adds nothing
+        slot = self._slots.get(s.seq)
+        if not verified and slot is not None and slot.committed and _matches(slot, s) \
+                and s.node not in known:
+            return  # committed already: a first, matching COMMIT of a node adds nothing
         if not verified and not message.verify(self.manifest.node_key(s.node)):
             return
         known.setdefault(s.node, message)
@@ -874,10 +895,13 @@ class Replica:
             or (slot.view, seq, slot.root) not in self._commit_quorums
         ):
             return
-        slot.committed = True
         matching = tuple(
-            c for c in self._commits.get((slot.view, seq), {}).values() if c.root == slot.root
+            c for c in self._commits.get((slot.view, seq), {}).values()
+            if _matches(slot, c.statement)
         )[: self.manifest.quorum]
+        if len(matching) < self.manifest.quorum:
+            return  # (a COMMIT of the right root and another size does not certify it)
+        slot.committed = True
         self._committed[seq] = CommittedBatch(slot.view, seq, slot.batch, matching)
         self._prepare_successor(seq)
         self._execute()
