@@ -20,9 +20,9 @@ import numpy as np
 import trio
 
 from dropbear import certificate, control, limits
-from dropbear.consensus import ReplicaConfig
 from dropbear.cli import subcommand
 from dropbear.client import Client, ClientError
+from dropbear.consensus import ReplicaConfig
 from dropbear.deploy import (
     DEFAULT_BASE_PORT,
     DEFAULT_GROUP_DIR,

@@ -196,9 +196,9 @@ class Node:
         self._timers = Timers()
         self._nursery: trio.Nursery | None = None
         self._held: list[Action] = []
+        """Actions waiting for the group commit that makes their cause durable."""
         self._held_commits: set[tuple[int, int]] = set()
         """(view, seq) of our COMMITs among the held actions (see :meth:`_not_held`)."""
-        """Actions waiting for the group commit that makes their cause durable."""
         self._flush_scheduled = False
         self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
         self.evidence: deque[RecordEvidence] = deque(maxlen=limits.NODE_MAX_EVIDENCE)
@@ -369,10 +369,11 @@ class Node:
         for action in actions:
             if isinstance(action, Broadcast) and isinstance(action.message, Commit):
                 self._held_commits.add((action.message.view, action.message.seq))
-        at_once = [a for a in actions if self._not_held(a)]
+        at_once = []
+        for action in actions:
+            (at_once if self._not_held(action) else self._held).append(action)
         if at_once:
             self._carry_out(at_once)
-        self._held.extend(a for a in actions if not self._not_held(a))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._nursery is not None

@@ -21,11 +21,11 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from dropbear import _core
 from dropbear.limits import (
+    DECODE_MEMO_BYTES,
+    DECODE_MEMO_ENTRIES,
     MAX_BATCH_ENTRIES,
     MAX_BATCH_UPDATES,
     MAX_BATCH_VOTE_MESSAGES,
-    DECODE_MEMO_BYTES,
-    DECODE_MEMO_ENTRIES,
     MAX_CATCHUP_BATCHES,
     MAX_INPUT_RANK,
     MAX_LABEL,
@@ -343,7 +343,7 @@ class DecodeMemo:
     A PRE-PREPARE repeats the REQUEST headers and VOTES messages a node has, for the most
     part, decoded already when they reached it directly; decoding is a pure function of the
     bytes, so identical bytes may share one decoded (immutable) object, and its cached
-    digest. Only for the kinds that repeat: :data:`MEMO_KINDS`.
+    digest. Used for the kinds that repeat: REQUEST headers and VOTES.
     """
 
     def __init__(self, limit: int = DECODE_MEMO_ENTRIES,
@@ -1114,6 +1114,30 @@ class UpdateEntry:
         return bytes([VERSION, Kind.UPDATE_ENTRY]) + self.update.encoded
 
 
+def _write_proof(w: Writer, proof: Sequence[bytes]) -> None:
+    _check(len(proof) <= MAX_PROOF_HASHES, f"{len(proof)} proof hashes")
+    w.u8(len(proof))
+    for h in proof:
+        w.fixed(h, DIGEST_BYTES, "proof hash")
+
+
+def _read_proof(r: Reader) -> tuple[bytes, ...]:
+    return tuple(r.fixed(DIGEST_BYTES, "proof hash")
+                 for _ in range(r.count("proof count", MAX_PROOF_HASHES, width=1)))
+
+
+def _write_commit_signatures(w: Writer, signatures: Sequence[tuple[int, bytes]]) -> None:
+    w.u16(len(signatures))
+    for node, signature in signatures:
+        w.u16(node)
+        w.fixed(signature, SIGNATURE_BYTES, "commit signature")
+
+
+def _read_commit_signatures(r: Reader) -> tuple[tuple[int, bytes], ...]:
+    return tuple((_node(r), r.fixed(SIGNATURE_BYTES, "commit signature"))
+                 for _ in range(r.count("signature count", MAX_NODES, width=2)))
+
+
 @dataclass(frozen=True)
 class Certificate:
     """An inference certificate: the entry, its inclusion proof and 2f+1 COMMIT signatures.
@@ -1143,14 +1167,8 @@ class Certificate:
         w.u32(self.leaf_index)
         w.fixed(self.root, DIGEST_BYTES, "root")
         w.blob(self.entry.encoded)
-        _check(len(self.proof) <= MAX_PROOF_HASHES, f"{len(self.proof)} proof hashes")
-        w.u8(len(self.proof))
-        for h in self.proof:
-            w.fixed(h, DIGEST_BYTES, "proof hash")
-        w.u16(len(self.signatures))
-        for node, signature in self.signatures:
-            w.u16(node)
-            w.fixed(signature, SIGNATURE_BYTES, "commit signature")
+        _write_proof(w, self.proof)
+        _write_commit_signatures(w, self.signatures)
         return w.getvalue()
 
     @classmethod
@@ -1159,14 +1177,8 @@ class Certificate:
         view, seq, size, index = r.u64("view"), r.u64("seq"), r.u32("size"), r.u32("index")
         root = r.fixed(DIGEST_BYTES, "root")
         entry = RequestEntry.decode(r.blob("entry"))
-        proof = tuple(
-            r.fixed(DIGEST_BYTES, "proof hash")
-            for _ in range(r.count("proof count", MAX_PROOF_HASHES, width=1))
-        )
-        signatures = tuple(
-            (_node(r), r.fixed(SIGNATURE_BYTES, "commit signature"))
-            for _ in range(r.count("signature count", MAX_NODES, width=2))
-        )
+        proof = _read_proof(r)
+        signatures = _read_commit_signatures(r)
         return cls(group_id, view, seq, size, index, root, entry, proof, signatures)
 
     @classmethod
@@ -1272,17 +1284,11 @@ class Reply(Message):
         for item in self.items:
             w.u64(item.entry.request_id)
         _check(len(self.signatures) <= MAX_NODES, f"{len(self.signatures)} commit signatures")
-        w.u16(len(self.signatures))
-        for node, signature in self.signatures:
-            w.u16(node)
-            w.fixed(signature, SIGNATURE_BYTES, "commit signature")
+        _write_commit_signatures(w, self.signatures)
         for item in self.items:
             w.u32(item.leaf_index)
             w.blob(item.entry.encoded)
-            _check(len(item.proof) <= MAX_PROOF_HASHES, f"{len(item.proof)} proof hashes")
-            w.u8(len(item.proof))
-            for h in item.proof:
-                w.fixed(h, DIGEST_BYTES, "proof hash")
+            _write_proof(w, item.proof)
 
     @classmethod
     def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
@@ -1290,18 +1296,11 @@ class Reply(Message):
         view, seq, size = r.u64("view"), r.u64("seq"), r.u32("size")
         root = r.fixed(DIGEST_BYTES, "root")
         ids = [r.u64("request id") for _ in range(r.count("item count", MAX_REPLY_ITEMS, width=2))]
-        signatures = tuple(
-            (_node(r), r.fixed(SIGNATURE_BYTES, "commit signature"))
-            for _ in range(r.count("signature count", MAX_NODES, width=2))
-        )
+        signatures = _read_commit_signatures(r)
         items = []
         for request_id in ids:
-            item = ReplyItem(
-                r.u32("leaf index"),
-                RequestEntry.decode(r.blob("entry")),
-                tuple(r.fixed(DIGEST_BYTES, "proof hash")
-                      for _ in range(r.count("proof count", MAX_PROOF_HASHES, width=1))),
-            )
+            item = ReplyItem(r.u32("leaf index"), RequestEntry.decode(r.blob("entry")),
+                             _read_proof(r))
             _check(item.entry.request_id == request_id,
                    f"reply lists request {request_id} but carries {item.entry.request_id}")
             items.append(item)

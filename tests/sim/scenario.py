@@ -12,7 +12,7 @@ from dropbear.consensus.state import derive
 from dropbear.wire import Batch, Kind, Message, PrePrepare, Statement
 
 from .invariants import InvariantViolation
-from .world import LABELS, SIM_CONFIG, MemoryLedger, Replica, SimNode, World, true_label
+from .world import LABELS, MemoryLedger, Replica, SimNode, World, true_label
 
 ROLES = ("wrong-label", "equivocating-primary", "silent-primary", "garbage", "replayer", "twins")
 CHAOS = 3.0

@@ -372,17 +372,8 @@ class Executor:
         Raises BadInput at once for a bad input, QueueFull when max_queue_length inputs wait,
         ExecutorClosed when the batcher is not running.
         """
-        if self._send is None:
-            raise ExecutorClosed("executor is not serving: start it with `await start(nursery)`")
-        pending = _Pending(check_input(self._current.config, x), trio.current_time(), trio.Event())
-        try:
-            self._send.send_nowait(pending)
-        except trio.WouldBlock:
-            raise QueueFull(
-                f"{self.max_queue_length} inputs are queued, the limit (max_queue_length)"
-            ) from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise ExecutorClosed("executor stopped serving") from None
+        self._check_serving()
+        pending = self._enqueue(x, trio.current_time())
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -393,24 +384,14 @@ class Executor:
         """Queues several inputs at once (one task, however many) and returns, in order, each
         one's prediction or the InferenceError that refused or failed it (BadInput,
         QueueFull, a failed batch). Raises ExecutorClosed when the batcher is not running."""
-        if self._send is None:
-            raise ExecutorClosed("executor is not serving: start it with `await start(nursery)`")
+        self._check_serving()
         now = trio.current_time()
         out: list[Prediction | InferenceError | _Pending] = []
         for x in xs:
             try:
-                pending = _Pending(check_input(self._current.config, x), now, trio.Event())
-                self._send.send_nowait(pending)
-            except InferenceError as error:
+                out.append(self._enqueue(x, now))
+            except (BadInput, QueueFull) as error:
                 out.append(error)
-                continue
-            except trio.WouldBlock:
-                out.append(QueueFull(f"{self.max_queue_length} inputs are queued, the limit "
-                                     "(max_queue_length)"))
-                continue
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ExecutorClosed("executor stopped serving") from None
-            out.append(pending)
         results: list[Prediction | InferenceError] = []
         for item in out:
             if isinstance(item, _Pending):
@@ -419,6 +400,24 @@ class Executor:
             else:
                 results.append(item)
         return results
+
+    def _check_serving(self) -> None:
+        if self._send is None:
+            raise ExecutorClosed("executor is not serving: start it with `await start(nursery)`")
+
+    def _enqueue(self, x: np.ndarray, now: float) -> _Pending:
+        """Checks ``x`` and queues it (BadInput, QueueFull, ExecutorClosed otherwise)."""
+        assert self._send is not None
+        pending = _Pending(check_input(self._current.config, x), now, trio.Event())
+        try:
+            self._send.send_nowait(pending)
+        except trio.WouldBlock:
+            raise QueueFull(
+                f"{self.max_queue_length} inputs are queued, the limit (max_queue_length)"
+            ) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ExecutorClosed("executor stopped serving") from None
+        return pending
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Starts the batcher in ``nursery``; returns once :meth:`submit` is accepted."""
