@@ -26,6 +26,7 @@ from dropbear.inference import (
     decode_input,
     seeded,
 )
+from dropbear.inference import executor as executor_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ModelConfig(
@@ -221,6 +222,7 @@ def test_the_trio_loop_stays_responsive_while_a_batch_runs(model):
         return real_run(batch)
 
     servable.run = slow_run
+    servable.inline = frozenset()  # known to be slow: worker threads
     gaps = []
 
     async def body(ex):
@@ -245,6 +247,41 @@ def test_the_trio_loop_stays_responsive_while_a_batch_runs(model):
     took = serve(executor, body)
     assert took >= 0.6
     assert len(gaps) > 20 and max(gaps) < 0.2
+
+
+def test_fast_buckets_run_in_place_and_one_that_turns_slow_goes_back_to_threads(
+        model, monkeypatch):
+    limit = 0.05  # well above this tiny model's runs, so that no hiccup demotes a bucket
+    monkeypatch.setattr(executor_module, "INFERENCE_INLINE_MAX_S", limit)
+    executor = Executor(model, max_batch_size=8)
+    servable = executor._current
+    timings = servable.time_buckets()
+    assert set(timings) == {1, 2, 4, 8}
+    assert servable.inline == {b for b, t in timings.items() if t < limit}
+    servable.inline = frozenset(servable.buckets)
+    real_run = servable.run
+    threads = []
+
+    def run(batch, delay=0.0):
+        threads.append(threading.current_thread())
+        time.sleep(delay)
+        return real_run(batch)
+
+    servable.run = run
+    xs = images(3)
+
+    async def body(ex):
+        return [await ex.submit(x) for x in xs]
+
+    in_place = serve(executor, body)
+    assert threads == [threading.main_thread()] * 3
+    assert [p.class_index for p in in_place] == [p.class_index for p in executor.predict(xs)]
+    servable.run = lambda batch: run(batch, delay=3 * limit)
+    threads.clear()
+    serve(executor, body)
+    assert threads[0] is threading.main_thread()  # the slow run that demotes its bucket
+    assert all(t is not threading.main_thread() for t in threads[1:])
+    assert 1 not in servable.inline and {2, 4, 8} <= servable.inline
 
 
 @pytest.mark.parametrize(
@@ -306,6 +343,7 @@ def test_full_queue_refuses_and_closed_executor_says_so(model):
         return real_run(batch)
 
     executor._current.run = held_run
+    executor._current.inline = frozenset()  # a held run is a slow one: worker threads
 
     async def body(ex):
         async with trio.open_nursery() as nursery:
@@ -363,6 +401,7 @@ def test_hot_update_switches_atomically_and_in_flight_batches_keep_their_version
         return real_run(batch)
 
     executor._current.run = held_run
+    executor._current.inline = frozenset()  # a held run is a slow one: worker threads
     x = images(1)[0]
 
     async def body(ex):

@@ -19,6 +19,9 @@ INFERENCE_MAX_QUEUE_DELAY_S = 1.0
 """Longest queue delay an executor accepts."""
 INFERENCE_MAX_QUEUE_LENGTH = 4096
 """Inputs waiting for a batch; past it ``submit`` is refused (QueueFull)."""
+INFERENCE_INLINE_MAX_S = 0.001
+"""A batch whose bucket ran faster than this when warmed runs on the event loop's thread:
+handing it to a worker thread and back costs more than it blocks the loop."""
 INFERENCE_MAX_INPUT_BYTES = 1 << 20
 """Bytes of one model input (224x224x3 float32 is 602,112)."""
 INFERENCE_MAX_TOP_K = 10

@@ -3,13 +3,16 @@
 Inputs are queued by :meth:`Executor.submit`; the batcher takes up to ``max_batch_size`` of
 them, waiting at most ``max_queue_delay`` after the first, pads the batch to the next bucket
 size (1, 2, 4, ..., max) and runs that bucket's executable in a worker thread, so the trio
-loop stays free. Every bucket is compiled (``jax.jit(...).lower(...).compile()``) and run
-once when a version is warmed; the serving path only calls compiled executables.
+loop stays free (buckets that ran in under INFERENCE_INLINE_MAX_S when warmed run in place:
+a thread's hand-off costs more). Every bucket is compiled
+(``jax.jit(...).lower(...).compile()``) and run when a version is warmed; the serving path
+only calls compiled executables.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +36,7 @@ from dropbear.inference.repository import LoadedModel, ModelConfig
 from dropbear.limits import (
     INFERENCE_DEFAULT_MAX_BATCH_SIZE,
     INFERENCE_DEFAULT_MAX_QUEUE_DELAY_S,
+    INFERENCE_INLINE_MAX_S,
     INFERENCE_MAX_BATCH_SIZE,
     INFERENCE_MAX_INPUT_BYTES,
     INFERENCE_MAX_QUEUE_DELAY_S,
@@ -134,10 +138,28 @@ class Servable:
         self._placement = placement
         self._state = state
         self._labels = model.config.labels
+        self.inline: frozenset[int] = frozenset()
+        """Buckets fast enough to run on the event loop's thread (see :meth:`time_buckets`)."""
 
     @property
     def buckets(self) -> tuple[int, ...]:
         return tuple(sorted(self._executables))
+
+    def time_buckets(self, runs: int = 3) -> dict[int, float]:
+        """Runs every bucket ``runs`` times (blocking) and returns each one's fastest run in
+        seconds. Buckets faster than INFERENCE_INLINE_MAX_S become :attr:`inline`: handing
+        such a batch to a worker thread and back costs more than running it in place."""
+        fastest = {}
+        for bucket in self.buckets:
+            x = np.zeros((bucket, *self.config.input_shape), self.config.input_dtype)
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                self.run(x)
+                times.append(time.perf_counter() - start)
+            fastest[bucket] = min(times)
+        self.inline = frozenset(b for b, t in fastest.items() if t < INFERENCE_INLINE_MAX_S)
+        return fastest
 
     def run(self, batch: np.ndarray) -> list[Prediction]:
         """Runs a checked batch (blocking): pads it to its bucket, calls that executable."""
@@ -303,8 +325,7 @@ class Executor:
         else:
             executables = _compile_buckets(model, graphdef, state, self._placement, self.buckets)
         servable = Servable(model, executables, self._placement, state)
-        for bucket in self.buckets:
-            servable.run(np.zeros((bucket, *model.config.input_shape), model.config.input_dtype))
+        servable.time_buckets()
         return servable
 
     async def stage(self, model: LoadedModel) -> ModelVersion:
@@ -458,11 +479,21 @@ class Executor:
                 break
         return batch
 
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
     async def _run_batch(self, batch: list[_Pending]) -> None:
         servable = self._current  # the version this batch runs on, whatever switches meanwhile
         xs = np.stack([p.x for p in batch])
         try:
-            predictions = await trio.to_thread.run_sync(servable.run, xs)
+            bucket = self._bucket(len(batch))
+            if bucket in servable.inline:
+                start = time.perf_counter()
+                predictions = servable.run(xs)
+                if time.perf_counter() - start > 2 * INFERENCE_INLINE_MAX_S:
+                    servable.inline -= {bucket}  # it got slow: worker threads from now on
+            else:
+                predictions = await trio.to_thread.run_sync(servable.run, xs)
         except Exception as e:  # an execution failure fails this batch, not the executor
             self.stats.failed_batches += 1
             error = InferenceError(f"batch of {len(batch)} failed on {servable.version}: {e!r}")
@@ -472,7 +503,7 @@ class Executor:
             return
         self.stats.batches += 1
         self.stats.inputs += len(batch)
-        self.stats.padded += next(b for b in self.buckets if b >= len(batch)) - len(batch)
+        self.stats.padded += self._bucket(len(batch)) - len(batch)
         for pending, prediction in zip(batch, predictions, strict=True):
             pending.result = prediction
             pending.done.set()
