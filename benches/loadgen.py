@@ -50,7 +50,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dropbear import _core  # noqa: E402
+from dropbear import _core, heap  # noqa: E402
 from dropbear.client import Client, ClientError  # noqa: E402
 from dropbear.deploy import MANIFEST_FILE, free_ports, init_group, key_path, read_key  # noqa: E402
 from dropbear.launcher import GroupProcesses  # noqa: E402
@@ -307,6 +307,7 @@ class Target:
         error = box.get()
         if error is not None:
             raise RuntimeError(f"{self.name} did not start: {error!r}") from error
+        heap.settle()  # the same collector settings as the servers measured
         return self
 
     def run(self, inputs: np.ndarray, **kwargs: Any) -> LoadResult:

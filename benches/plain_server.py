@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import trio
-from dropbear import _core
+from dropbear import _core, heap
 from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
 
 PLAIN_GROUP_ID = hashlib.sha256(b"dropbear/benches/plain-server").digest()
@@ -160,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor = Executor(repository.load(args.model), max_batch_size=args.max_batch_size,
                             max_queue_delay=args.max_queue_delay)
     server = PlainServer(executor)
+    heap.settle()  # the same collector settings as a node's
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

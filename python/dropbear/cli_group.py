@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from dropbear import certificate, control, limits
+from dropbear import certificate, control, heap, limits
 from dropbear.cli import subcommand
 from dropbear.client import Client, ClientError
 from dropbear.consensus import ReplicaConfig
@@ -171,6 +171,7 @@ def node(args: argparse.Namespace) -> int:
         # after it says it serves still stops it cleanly (exit 0), never by the default action.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             replica_node = await Node.load(manifest, args.id, key, settings, ledger)
+            heap.settle()  # the model is loaded and compiled: what lives now lives long
             async with trio.open_nursery() as nursery:
                 await nursery.start(replica_node.run)
                 if args.exit_with_parent:
