@@ -29,12 +29,18 @@ class Agreement:
     reached: bool
 
 
-def agree(labels: Iterable[int], threshold: int) -> Agreement:
-    """Plurality of ``labels``, ties to the lowest label; ``reached`` iff count >= threshold."""
-    counts = Counter(labels)
+def _plurality(counts: Counter[int]) -> tuple[int, int]:
+    """The most frequent label and its count, ties to the lowest label."""
     if not counts:
         raise ValueError("agreement needs at least one vote")
     label, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+    return label, count
+
+
+def agree(labels: Iterable[int], threshold: int) -> Agreement:
+    """Plurality of ``labels``, ties to the lowest label; ``reached`` iff count >= threshold."""
+    counts = Counter(labels)
+    label, count = _plurality(counts)
     return Agreement(
         label=label,
         votes_for_label=count,
@@ -46,17 +52,14 @@ def agree(labels: Iterable[int], threshold: int) -> Agreement:
 
 def make_entry(request: RequestHeader, votes: Sequence[EntryVote], threshold: int) -> RequestEntry:
     """The entry (Merkle leaf) of ``request`` with ``votes`` (one per node, any order)."""
-    ordered = tuple(sorted(votes, key=lambda v: v.node))
-    result = agree((v.label for v in ordered), threshold)
-    return RequestEntry(
-        request=request.digest,
-        client=request.client,
-        request_id=request.request_id,
-        votes=ordered,
-        label=result.label,
-        threshold=threshold,
-        reached=result.reached,
-    )
+    ordered = tuple(sorted(votes, key=_by_node))
+    label, count = _plurality(Counter([v.label for v in ordered]))
+    return RequestEntry(request.digest, request.client, request.request_id, ordered, label,
+                        threshold, count >= threshold)
+
+
+def _by_node(vote: EntryVote) -> int:
+    return vote.node
 
 
 def check_entry(entry: RequestEntry, quorum: int, threshold: int, nodes: int) -> str | None:

@@ -121,6 +121,14 @@ class Writer:
             raise WireError(f"{what} is {len(data)} bytes, expected {size}")
         self._parts.append(bytes(data))
 
+    def record(self, fmt: struct.Struct, what: str, *values: Any) -> None:
+        """Several fixed-width fields at once. ``fmt`` pads short byte strings, so callers
+        check their lengths first (:func:`_sized`)."""
+        try:
+            self._parts.append(fmt.pack(*values))
+        except struct.error as error:
+            raise WireError(f"{what} does not fit its fields: {error}") from None
+
     def blob(self, data: bytes) -> None:
         self.u32(len(data))
         self._parts.append(bytes(data))
@@ -137,6 +145,19 @@ class Writer:
 
 
 _U8, _U16, _U32, _U64, _F64 = (struct.Struct(f) for f in (">B", ">H", ">I", ">Q", ">d"))
+
+
+def _sized(data: bytes, size: int, what: str) -> bytes:
+    """``data`` if it is ``size`` bytes long (before a struct would pad or cut it)."""
+    if len(data) != size:
+        raise WireError(f"{what} is {len(data)} bytes, expected {size}")
+    return data
+
+
+def _finite(value: float, what: str = "score") -> float:
+    if not math.isfinite(value):
+        raise WireError(f"{what} {value!r} is not a finite number")
+    return value
 
 
 class Reader:
@@ -182,6 +203,15 @@ class Reader:
 
     def fixed(self, size: int, what: str) -> bytes:
         return self._take(size, what)
+
+    def record(self, fmt: struct.Struct, what: str) -> tuple[Any, ...]:
+        """Several fixed-width fields at once (``fmt``'s byte strings come out as bytes)."""
+        end = self._pos + fmt.size
+        if end > len(self._data):
+            raise WireError(f"truncated {what}: need {fmt.size} bytes at offset {self._pos}")
+        values = fmt.unpack_from(self._data, self._pos)
+        self._pos = end
+        return values
 
     def blob(self, what: str, limit: int = MAX_MESSAGE_BYTES) -> bytes:
         size = self.u32(f"{what} length")
@@ -385,11 +415,6 @@ MEMO = DecodeMemo()
 """The process's memo for REQUEST headers and VOTES (see :class:`DecodeMemo`)."""
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise WireError(message)
-
-
 @dataclass(frozen=True)
 class RequestHeader(Message):
     """A client's signed request without the input bytes; the input is bound by its digest.
@@ -407,10 +432,14 @@ class RequestHeader(Message):
     signature: bytes = b""
 
     def __post_init__(self) -> None:
-        _check(self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
-        _check(len(self.shape) <= MAX_INPUT_RANK, f"rank {len(self.shape)} > {MAX_INPUT_RANK}")
-        _check(all(0 <= d < 2**32 for d in self.shape), f"bad shape {self.shape}")
-        _check(0 <= self.request_id < 2**64, f"request id {self.request_id} out of range")
+        if self.dtype not in DTYPES:
+            raise WireError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if len(self.shape) > MAX_INPUT_RANK:
+            raise WireError(f"rank {len(self.shape)} > {MAX_INPUT_RANK}")
+        if not all(0 <= d < 2**32 for d in self.shape):
+            raise WireError(f"bad shape {self.shape}")
+        if not 0 <= self.request_id < 2**64:
+            raise WireError(f"request id {self.request_id} out of range")
 
     @staticmethod
     def size_at(r: Reader) -> int:
@@ -467,15 +496,11 @@ class Request(Message):
     data: bytes
 
     def __post_init__(self) -> None:
-        _check(
-            len(self.data) <= MAX_REQUEST_BYTES,
-            f"input is {len(self.data)} bytes, limit {MAX_REQUEST_BYTES}",
-        )
-        _check(
-            len(self.data) == self.header.input_bytes,
-            f"input is {len(self.data)} bytes, shape {self.header.shape} "
-            f"of {self.header.dtype} needs {self.header.input_bytes}",
-        )
+        if len(self.data) > MAX_REQUEST_BYTES:
+            raise WireError(f"input is {len(self.data)} bytes, limit {MAX_REQUEST_BYTES}")
+        if len(self.data) != self.header.input_bytes:
+            raise WireError(f"input is {len(self.data)} bytes, shape {self.header.shape} "
+                            f"of {self.header.dtype} needs {self.header.input_bytes}")
 
     @staticmethod
     def create(
@@ -535,6 +560,10 @@ class Vote:
     score: float
 
 
+_VOTE = struct.Struct(">32sId")
+"""A vote in a VOTES message: request digest, label, score."""
+
+
 @dataclass(frozen=True)
 class Votes(Message):
     """VOTES: one node's signed outputs for one inference batch, all from one model version."""
@@ -554,10 +583,10 @@ class Votes(Message):
             raise WireError(f"{len(self.votes)} votes, limit {MAX_VOTES_PER_MESSAGE}")
         w.u32(len(self.votes))
         for vote in self.votes:
-            w.fixed(vote.request, DIGEST_BYTES, "request digest")
-            _check(0 <= vote.label <= MAX_LABEL, f"label {vote.label} out of range")
-            w.u32(vote.label)
-            w.f64(vote.score)
+            if not 0 <= vote.label <= MAX_LABEL:
+                raise WireError(f"label {vote.label} out of range")
+            w.record(_VOTE, "vote", _sized(vote.request, DIGEST_BYTES, "request digest"),
+                     vote.label, _finite(vote.score))
 
     @classmethod
     def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
@@ -565,10 +594,10 @@ class Votes(Message):
         version = r.fixed(DIGEST_BYTES, "model version")
         votes = []
         for _ in range(r.count("vote count", MAX_VOTES_PER_MESSAGE)):
-            request = r.fixed(DIGEST_BYTES, "request digest")
-            label = r.u32("label")
-            _check(label <= MAX_LABEL, f"label {label} exceeds {MAX_LABEL}")
-            votes.append(Vote(request, label, r.f64("score")))
+            request, label, score = r.record(_VOTE, "vote")
+            if label > MAX_LABEL:
+                raise WireError(f"label {label} exceeds {MAX_LABEL}")
+            votes.append(Vote(request, label, _finite(score)))
         return dict(group_id=group_id, node=node, model_version=version, votes=tuple(votes))
 
 
@@ -649,14 +678,17 @@ class Statement:
     @classmethod
     def decode(cls, data: bytes) -> Statement:
         """Decodes a statement of any of the four statement kinds."""
-        _check(len(data) == cls.SIZE, f"statement is {len(data)} bytes, expected {cls.SIZE}")
+        if len(data) != cls.SIZE:
+            raise WireError(f"statement is {len(data)} bytes, expected {cls.SIZE}")
         r = Reader(data)
-        _check(data[0] == VERSION, f"unknown version {data[0]}")
+        if data[0] != VERSION:
+            raise WireError(f"unknown version {data[0]}")
         try:
             kind = Kind(data[1])
         except ValueError:
             raise WireError(f"unknown statement kind {data[1]:#04x}") from None
-        _check(kind in STATEMENT_KINDS, f"{kind.name} is not a statement kind")
+        if kind not in STATEMENT_KINDS:
+            raise WireError(f"{kind.name} is not a statement kind")
         return cls.read(r, kind)
 
     @property
@@ -675,10 +707,8 @@ class StatementMessage(Message):
     signature: bytes = b""
 
     def __post_init__(self) -> None:
-        _check(
-            self.statement.kind == self.KIND,
-            f"{self.statement.kind.name} statement in a {self.KIND.name}",
-        )
+        if self.statement.kind != self.KIND:
+            raise WireError(f"{self.statement.kind.name} statement in a {self.KIND.name}")
 
     @property
     def body(self) -> bytes:  # type: ignore[override]
@@ -726,9 +756,12 @@ class Batch:
     @cached_property
     def encoded(self) -> bytes:
         w = Writer()
-        _check(len(self.requests) <= MAX_BATCH_ENTRIES, f"{len(self.requests)} requests")
-        _check(len(self.votes) <= MAX_BATCH_VOTE_MESSAGES, f"{len(self.votes)} VOTES")
-        _check(len(self.updates) <= MAX_BATCH_UPDATES, f"{len(self.updates)} updates")
+        if len(self.requests) > MAX_BATCH_ENTRIES:
+            raise WireError(f"{len(self.requests)} requests")
+        if len(self.votes) > MAX_BATCH_VOTE_MESSAGES:
+            raise WireError(f"{len(self.votes)} VOTES")
+        if len(self.updates) > MAX_BATCH_UPDATES:
+            raise WireError(f"{len(self.updates)} updates")
         for items in (self.requests, self.votes, self.updates):
             w.u32(len(items))
             for item in items:
@@ -783,7 +816,8 @@ class Prepare(StatementMessage):
     proposal_signature: bytes = bytes(SIGNATURE_BYTES)
 
     def _tail(self) -> bytes:
-        _check(len(self.proposal_signature) == SIGNATURE_BYTES, "bad proposal signature")
+        if len(self.proposal_signature) != SIGNATURE_BYTES:
+            raise WireError("bad proposal signature")
         return self.proposal_signature
 
     @classmethod
@@ -898,7 +932,8 @@ class ViewChange(Message):
         w.u64(self.new_view)
         w.u64(self.stable_seq)
         _write_list(w, self.checkpoint_proof)
-        _check(len(self.prepared) <= SEQ_WINDOW, f"{len(self.prepared)} prepared proofs")
+        if len(self.prepared) > SEQ_WINDOW:
+            raise WireError(f"{len(self.prepared)} prepared proofs")
         w.u32(len(self.prepared))
         for proof in self.prepared:
             proof.write(w)
@@ -951,7 +986,8 @@ class NewView(Message):
         w.u16(self.node)
         w.u64(self.view)
         _write_list(w, self.view_changes)
-        _check(len(self.proposals) <= SEQ_WINDOW, f"{len(self.proposals)} proposals")
+        if len(self.proposals) > SEQ_WINDOW:
+            raise WireError(f"{len(self.proposals)} proposals")
         w.u32(len(self.proposals))
         for p in self.proposals:
             w.u64(p.seq)
@@ -1012,7 +1048,8 @@ class CatchupResponse(Message):
     def _write_body(self, w: Writer) -> None:
         header(w, Kind.CATCHUP_RESPONSE, self.group_id)
         w.u16(self.node)
-        _check(len(self.batches) <= MAX_CATCHUP_BATCHES, f"{len(self.batches)} batches")
+        if len(self.batches) > MAX_CATCHUP_BATCHES:
+            raise WireError(f"{len(self.batches)} batches")
         w.u32(len(self.batches))
         for batch in self.batches:
             w.blob(batch.encoded)
@@ -1042,6 +1079,14 @@ class EntryVote:
     score: float
 
 
+_ENTRY_HEAD = struct.Struct(">BB32s32sQH")
+"""Version, kind, request digest, client key, request id, vote count."""
+_ENTRY_VOTE = struct.Struct(">H32sId")
+"""Node, model version, label, score."""
+_ENTRY_TAIL = struct.Struct(">IHB")
+"""Agreed label, threshold, reached."""
+
+
 @dataclass(frozen=True)
 class RequestEntry:
     """The leaf of one ordered request: its votes and the agreed result.
@@ -1061,45 +1106,47 @@ class RequestEntry:
 
     @cached_property
     def encoded(self) -> bytes:
-        w = Writer()
-        w.u8(VERSION)
-        w.u8(Kind.REQUEST_ENTRY)
-        w.fixed(self.request, DIGEST_BYTES, "request digest")
-        w.fixed(self.client, KEY_BYTES, "client key")
-        w.u64(self.request_id)
         nodes = [v.node for v in self.votes]
-        _check(nodes == sorted(set(nodes)), f"entry votes not in increasing node order {nodes}")
-        _check(len(self.votes) <= MAX_NODES, f"{len(self.votes)} votes in an entry")
-        w.u16(len(self.votes))
+        if nodes != sorted(set(nodes)):
+            raise WireError(f"entry votes not in increasing node order {nodes}")
+        if len(self.votes) > MAX_NODES:
+            raise WireError(f"{len(self.votes)} votes in an entry")
+        w = Writer()
+        w.record(_ENTRY_HEAD, "entry", VERSION, Kind.REQUEST_ENTRY,
+                 _sized(self.request, DIGEST_BYTES, "request digest"),
+                 _sized(self.client, KEY_BYTES, "client key"), self.request_id, len(self.votes))
         for v in self.votes:
-            w.u16(v.node)
-            w.fixed(v.model_version, DIGEST_BYTES, "model version")
-            w.u32(v.label)
-            w.f64(v.score)
-        w.u32(self.label)
-        w.u16(self.threshold)
-        w.u8(1 if self.reached else 0)
+            if v.node >= MAX_NODES:
+                raise WireError(f"vote node {v.node} exceeds the limit {MAX_NODES - 1}")
+            w.record(_ENTRY_VOTE, "entry vote", v.node,
+                     _sized(v.model_version, DIGEST_BYTES, "model version"), v.label,
+                     _finite(v.score))
+        w.record(_ENTRY_TAIL, "entry", self.label, self.threshold, 1 if self.reached else 0)
         return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> RequestEntry:
         r = Reader(data)
-        _check(r.u8("version") == VERSION, "unknown entry version")
-        _check(r.u8("kind") == Kind.REQUEST_ENTRY, "not a request entry")
-        request = r.fixed(DIGEST_BYTES, "request digest")
-        client = r.fixed(KEY_BYTES, "client key")
-        request_id = r.u64("request id")
-        votes = tuple(
-            EntryVote(
-                _node(r), r.fixed(DIGEST_BYTES, "model version"), r.u32("label"), r.f64("score")
-            )
-            for _ in range(r.count("vote count", MAX_NODES, width=2))
-        )
-        label, threshold, reached = r.u32("label"), r.u16("threshold"), r.u8("reached")
-        _check(reached in (0, 1), f"reached byte {reached} is not 0 or 1")
+        version, kind, request, client, request_id, count = r.record(_ENTRY_HEAD, "entry")
+        if version != VERSION:
+            raise WireError("unknown entry version")
+        if kind != Kind.REQUEST_ENTRY:
+            raise WireError("not a request entry")
+        if count > MAX_NODES:
+            raise WireError(f"vote count {count} exceeds the limit {MAX_NODES}")
+        votes = []
+        for _ in range(count):
+            node, model_version, vote_label, score = r.record(_ENTRY_VOTE, "entry vote")
+            if node >= MAX_NODES:
+                raise WireError(f"node {node} exceeds the limit {MAX_NODES - 1}")
+            votes.append(EntryVote(node, model_version, vote_label, _finite(score)))
+        label, threshold, reached = r.record(_ENTRY_TAIL, "entry")
+        if reached not in (0, 1):
+            raise WireError(f"reached byte {reached} is not 0 or 1")
         r.end("entry")
-        entry = cls(request, client, request_id, votes, label, threshold, reached == 1)
-        _check(entry.encoded == bytes(data), "entry is not in canonical form")
+        entry = cls(request, client, request_id, tuple(votes), label, threshold, reached == 1)
+        if entry.encoded != bytes(data):
+            raise WireError("entry is not in canonical form")
         return entry
 
 
@@ -1115,7 +1162,8 @@ class UpdateEntry:
 
 
 def _write_proof(w: Writer, proof: Sequence[bytes]) -> None:
-    _check(len(proof) <= MAX_PROOF_HASHES, f"{len(proof)} proof hashes")
+    if len(proof) > MAX_PROOF_HASHES:
+        raise WireError(f"{len(proof)} proof hashes")
     w.u8(len(proof))
     for h in proof:
         w.fixed(h, DIGEST_BYTES, "proof hash")
@@ -1183,7 +1231,8 @@ class Certificate:
 
     @classmethod
     def decode(cls, data: bytes) -> Certificate:
-        _check(len(data) <= MAX_MESSAGE_BYTES, f"certificate is {len(data)} bytes")
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise WireError(f"certificate is {len(data)} bytes")
         r = Reader(data)
         out = cls.read(r)
         r.end("certificate")
@@ -1237,15 +1286,16 @@ class Reply(Message):
     @classmethod
     def of(cls, node: int, certificates: Sequence[Certificate]) -> Reply:
         """The (unsigned) REPLY carrying ``certificates``, all of one committed batch."""
-        _check(0 < len(certificates) <= MAX_REPLY_ITEMS,
-               f"{len(certificates)} certificates in one reply")
+        if not 0 < len(certificates) <= MAX_REPLY_ITEMS:
+            raise WireError(f"{len(certificates)} certificates in one reply")
         first = certificates[0]
         shared = (first.group_id, first.view, first.seq, first.tree_size, first.root,
                   first.signatures)
         for cert in certificates[1:]:
-            _check((cert.group_id, cert.view, cert.seq, cert.tree_size, cert.root,
-                    cert.signatures) == shared,
-                   f"certificate of batch {cert.seq} in a reply for batch {first.seq}")
+            if (cert.group_id, cert.view, cert.seq, cert.tree_size, cert.root,
+                    cert.signatures) != shared:
+                raise WireError(f"certificate of batch {cert.seq} in a reply for batch "
+                                f"{first.seq}")
         return cls(first.group_id, node, first.view, first.seq, first.tree_size, first.root,
                    first.signatures,
                    tuple(ReplyItem(c.leaf_index, c.entry, c.proof) for c in certificates))
@@ -1279,11 +1329,13 @@ class Reply(Message):
         w.u64(self.seq)
         w.u32(self.tree_size)
         w.fixed(self.root, DIGEST_BYTES, "root")
-        _check(len(self.items) <= MAX_REPLY_ITEMS, f"{len(self.items)} certificates in a reply")
+        if len(self.items) > MAX_REPLY_ITEMS:
+            raise WireError(f"{len(self.items)} certificates in a reply")
         w.u16(len(self.items))
         for item in self.items:
             w.u64(item.entry.request_id)
-        _check(len(self.signatures) <= MAX_NODES, f"{len(self.signatures)} commit signatures")
+        if len(self.signatures) > MAX_NODES:
+            raise WireError(f"{len(self.signatures)} commit signatures")
         _write_commit_signatures(w, self.signatures)
         for item in self.items:
             w.u32(item.leaf_index)
@@ -1301,8 +1353,9 @@ class Reply(Message):
         for request_id in ids:
             item = ReplyItem(r.u32("leaf index"), RequestEntry.decode(r.blob("entry")),
                              _read_proof(r))
-            _check(item.entry.request_id == request_id,
-                   f"reply lists request {request_id} but carries {item.entry.request_id}")
+            if item.entry.request_id != request_id:
+                raise WireError(f"reply lists request {request_id} but carries "
+                                f"{item.entry.request_id}")
             items.append(item)
         return dict(group_id=group_id, node=node, view=view, seq=seq, tree_size=size,
                     root=root, signatures=signatures, items=tuple(items))

@@ -63,13 +63,15 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
     gid = manifest.group_id
     by_request: dict[bytes, dict[int, EntryVote]] = {}
     for message in batch.votes:
-        if message.group_id != gid or message.node >= manifest.n:
-            raise BatchError(f"VOTES of node {message.node} is not of this group")
+        node, version = message.node, message.model_version
+        if message.group_id != gid or node >= manifest.n:
+            raise BatchError(f"VOTES of node {node} is not of this group")
         for vote in message.votes:
             votes = by_request.setdefault(vote.request, {})
-            cast = EntryVote(message.node, message.model_version, vote.label, vote.score)
-            if votes.setdefault(message.node, cast) != cast:
-                raise BatchError(f"node {message.node} gives two votes for {vote.request.hex()}")
+            cast = EntryVote(node, version, vote.label, vote.score)
+            known = votes.setdefault(node, cast)
+            if known is not cast and known != cast:
+                raise BatchError(f"node {node} gives two votes for {vote.request.hex()}")
     seen: set[bytes] = set()
     entries = []
     for header in batch.requests:
