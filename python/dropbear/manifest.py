@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import tomli_w
 
 from dropbear import _core
 from dropbear.agreement import default_threshold
+from dropbear.cached import cached_property
 from dropbear.limits import MAX_ADDRESS_BYTES, MAX_NODES
 from dropbear.wire import DIGEST_BYTES, KEY_BYTES, VERSION, Kind, Reader, WireError, Writer
 

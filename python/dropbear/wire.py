@@ -16,10 +16,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import cached_property
 from typing import Any, ClassVar, Self, TypeVar
 
 from dropbear import _core
+from dropbear.cached import cached_property
 from dropbear.limits import (
     DECODE_MEMO_BYTES,
     DECODE_MEMO_ENTRIES,

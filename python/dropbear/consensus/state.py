@@ -11,10 +11,10 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from dropbear import _core
 from dropbear.agreement import make_entry
+from dropbear.cached import cached_property
 from dropbear.limits import MAX_CLIENTS, MAX_INFLIGHT_PER_CLIENT
 from dropbear.manifest import Manifest
 from dropbear.wire import (
