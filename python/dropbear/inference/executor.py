@@ -11,6 +11,7 @@ only calls compiled executables.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -78,11 +79,21 @@ def decode_input(config: ModelConfig, dtype: str, shape: Sequence[int], data: by
         raise BadInput(f"input dtype {dtype!r} is not the model's {config.input_dtype!r}")
     if tuple(shape) != config.input_shape:
         raise BadInput(f"input shape {list(shape)} is not the model's {list(config.input_shape)}")
-    expected = math.prod(config.input_shape) * np.dtype(config.input_dtype).itemsize
+    wire = _little_endian(config.input_dtype)
+    expected = math.prod(config.input_shape) * wire.itemsize
     if len(data) != expected:
         raise BadInput(f"input is {len(data)} bytes, shape {list(shape)} needs {expected}")
-    x = np.frombuffer(data, dtype=np.dtype(config.input_dtype).newbyteorder("<"))
-    return check_input(config, x.astype(config.input_dtype).reshape(config.input_shape))
+    # A read-only view of the request's bytes; copied only where the host is big-endian.
+    x = np.frombuffer(data, dtype=wire).reshape(config.input_shape)
+    if x.dtype != config.input_dtype:
+        x = x.astype(config.input_dtype)
+    return check_input(config, x)
+
+
+@functools.cache
+def _little_endian(dtype: str) -> np.dtype:
+    """The wire's (little-endian) form of a model input dtype."""
+    return np.dtype(dtype).newbyteorder("<")
 
 
 def check_input(config: ModelConfig, x: Any) -> np.ndarray:
