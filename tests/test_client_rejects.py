@@ -1,8 +1,9 @@
 """The client gives up on a request only when f+1 nodes refuse it for good."""
 
+import numpy as np
 import trio
 from dropbear import _core, control
-from dropbear.client import Client, _Pending
+from dropbear.client import Client, ClientError, _Pending
 from dropbear.net import PeerIdentity, Role
 from dropbear.wire import Request
 from sim.group import make_group
@@ -97,3 +98,21 @@ async def test_a_node_that_stays_full_is_asked_again_only_a_few_times() -> None:
             await trio.sleep(limits.CLIENT_RETRY_BACKOFF_S * 2)
         assert client.links[2].outbox.depth() == limits.CLIENT_FAST_RETRIES
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_is_resent_each_timeout_and_given_up_at_the_deadline() -> None:
+    client = Client(GROUP.manifest, _core.SigningKey.generate(), request_timeout=0.05,
+                    deadline=0.3)
+    sent: list[int] = []
+    for index, link in enumerate(client.links):  # no node answers: the links never connect
+        link.send = lambda frame, i=index: sent.append(i)  # type: ignore[method-assign]
+    start = trio.current_time()
+    try:
+        await client.infer(np.zeros((8, 8, 1), np.float32))
+    except ClientError as error:
+        assert "got no certificate within 0.3s" in str(error)
+    else:
+        raise AssertionError("a request nobody answers must fail at the deadline")
+    assert 0.3 <= trio.current_time() - start < 1.0
+    rounds = len(sent) // 4
+    assert sorted(sent) == sorted(list(range(4)) * rounds) and 5 <= rounds <= 7

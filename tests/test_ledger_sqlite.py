@@ -8,6 +8,7 @@ loses nothing already stored, and a restarted node does not sign a conflicting P
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sqlite3
@@ -86,6 +87,24 @@ def test_simulated_crashes_with_sqlite_ledgers(tmp_path, seed):
         for rid, cert in client.certified.items():
             assert cert.entry.request_id == rid
             certificate.verify(cert, world.manifest)
+
+
+def test_certificates_are_stored_together_and_a_requests_first_one_stays(tmp_path):
+    world, _ = _sqlite_world(tmp_path, 6)
+    for _ in range(5):
+        world.at(0.1, lambda: world.submit(0))
+    world.run_until(10.0, stop=world.all_certified)
+    certs = list(world.clients[0].certified.values())
+    assert len(certs) == 5
+    ledger = SqliteLedger(tmp_path / "store.db", group_id=world.manifest.group_id, node=0)
+    ledger.save_certificates(certs)
+    ledger.save_certificates([])
+    other = dataclasses.replace(certs[0], view=certs[0].view + 7)
+    ledger.save_certificates([other])
+    assert ledger.certificate_count() == 5
+    first = certs[0].entry
+    assert ledger.certificate(first.client, first.request_id) == certs[0]
+    assert sorted(c.encoded for c in ledger.certificates()) == sorted(c.encoded for c in certs)
 
 
 def test_reopen_restores_view_signed_prepared_and_chain(tmp_path):

@@ -9,6 +9,7 @@ scripts and notebooks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -125,22 +126,22 @@ class Client:
         request_id = self._next_id
         self._next_id += 1
         request = Request.create(self.key, self.manifest.group_id, request_id,
-                                 str(x.dtype), x.shape, x.astype(x.dtype.newbyteorder("<"))
-                                 .tobytes())
+                                 _dtype_name(x.dtype), x.shape,
+                                 x.astype(x.dtype.newbyteorder("<")).tobytes())
         pending = _Pending(request)
         self._pending[request_id] = pending
         start = trio.current_time()
+        deadline = start + self.deadline
         try:
-            with trio.move_on_after(self.deadline) as scope:
-                while True:
-                    frame = request.encoded
-                    for link in self.links:
-                        link.send(frame)
-                    with trio.move_on_after(self.request_timeout):
-                        await pending.done.wait()
-                    if pending.done.is_set():
-                        break
-            if scope.cancelled_caught:
+            frame = request.encoded
+            while not pending.done.is_set() and trio.current_time() < deadline:
+                for link in self.links:
+                    link.send(frame)
+                # One scope per (re)send: until the answer, the resend time or the deadline.
+                with trio.move_on_at(min(trio.current_time() + self.request_timeout,
+                                         deadline)):
+                    await pending.done.wait()
+            if not pending.done.is_set():
                 raise ClientError(
                     f"request {request_id} got no certificate within {self.deadline}s "
                     f"(CLIENT_DEADLINE_S); nodes connected: "
@@ -326,3 +327,9 @@ class BlockingClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@functools.cache
+def _dtype_name(dtype: np.dtype) -> str:
+    """``str(dtype)`` ("float32"), which numpy computes slowly, once per dtype."""
+    return str(dtype)

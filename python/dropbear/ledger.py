@@ -371,12 +371,15 @@ class SqliteLedger:
                 db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
                            (deliver.seq, u.node, u.counter, u.model_version))
 
-    def save_certificate(self, cert: Certificate) -> None:
-        e = cert.entry
-        with self._write(f"certificate of request {e.request_id}") as db:
-            db.execute("INSERT OR IGNORE INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (e.client, e.request_id, cert.seq, cert.leaf_index, e.request, e.label,
-                        int(e.reached), cert.encoded))
+    def save_certificates(self, certs: Sequence[Certificate]) -> None:
+        """Stores certificates (one statement for all of them); a request's first stays."""
+        if not certs:
+            return
+        rows = [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index, c.entry.request,
+                 c.entry.label, int(c.entry.reached), c.encoded) for c in certs]
+        with self._write(f"{len(rows)} certificates") as db:
+            db.executemany("INSERT OR IGNORE INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           rows)
 
     def save_evidence(self, evidence: Evidence) -> None:
         with self._write("evidence") as db:

@@ -452,10 +452,9 @@ class Node:
         view, prepared proofs). A failed write raises LedgerError: the node stops without
         sending anything that depends on it."""
         ledger = self._durable
+        ledger.save_certificates([a.certificate for a in actions if isinstance(a, Reply)])
         for action in actions:
             match action:
-                case Reply(_, certificate):
-                    ledger.save_certificate(certificate)
                 case Deliver():
                     ledger.record_delivery(action)
                 case RecordEvidence(evidence):
