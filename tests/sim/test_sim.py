@@ -125,3 +125,48 @@ def test_a_statement_of_the_right_root_and_another_size_counts_for_nothing():
     assert world.all_certified()
     assert saved and all(proofs.prepared_checks(world.manifest, p) is not None for p in saved)
     assert replies and all(is_valid(cert, world.manifest) for cert in replies)
+
+
+def _project_afresh(replica, seq):
+    """The projection as computed without the kept one: the executed state plus the batches
+    up to ``seq``."""
+    from dropbear.consensus.state import derive
+
+    state = replica.state.copy()
+    for s in range(replica.state.seq + 1, seq):
+        slot = replica._slots.get(s)
+        if slot is not None:
+            state.apply(slot.derived, s, slot.root)
+            continue
+        cb = replica._committed.get(s)
+        if cb is None:
+            return None
+        derived = derive(cb.batch, replica.manifest)
+        state.apply(derived, s, derived.root)
+    return state
+
+
+def _summary(state):
+    if state is None:
+        return None
+    windows = {c: (w.low, sorted(w.ordered)) for c, w in state.clients.items()}
+    return state.digest, list(state.versions), list(state.counters), windows
+
+
+@pytest.mark.parametrize("schedule", range(60))
+def test_the_kept_projection_is_always_the_one_computed_afresh(schedule, monkeypatch):
+    from dropbear.consensus import replica as replica_module
+
+    kept = replica_module.Replica._projected
+    calls = []
+
+    def checked(self, seq):
+        got = kept(self, seq)
+        if seq > self.state.seq + 1:
+            calls.append(seq)
+            assert _summary(got) == _summary(_project_afresh(self, seq)), (schedule, seq)
+        return got
+
+    monkeypatch.setattr(replica_module.Replica, "_projected", checked)
+    run(schedule)
+    assert calls  # projections past the executed state were asked for and checked

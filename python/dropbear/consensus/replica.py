@@ -188,6 +188,8 @@ class Replica:
         self._by_client: dict[bytes, set[bytes]] = {}
         self._votes: OrderedDict[bytes, _Votes] = OrderedDict()
         self._my_votes: dict[bytes, Votes] = {}
+        self._projection: tuple[int, tuple[int, int, bytes], GroupState] | None = None
+        """The last :meth:`_projected` state: (seq, (view, executed seq, state digest), state)."""
         self._updates: dict[int, ModelUpdate] = {}
         self._waiting: set[bytes] = set()
         self._expired: set[bytes] = set()
@@ -580,22 +582,36 @@ class Replica:
     # --- the primary's ordering batcher -------------------------------------------------
 
     def _projected(self, seq: int) -> GroupState | None:
-        """The state after every batch before ``seq`` (accepted or committed), if all known."""
+        """The state after every batch before ``seq`` (accepted or committed), if all known.
+
+        Read-only for the caller. The last projection is kept: within a view the batches
+        between the executed state and ``seq`` do not change, so it is reused as it is or
+        extended by the batches after it, not rebuilt from the executed state each time.
+        """
         state = self.state
-        if seq == state.seq + 1:
+        if seq <= state.seq + 1:
             return state
-        state = state.copy()
-        for s in range(self.state.seq + 1, seq):
+        base = (self.view, state.seq, state.digest)
+        kept = self._projection
+        if kept is not None and kept[1] == base and kept[0] <= seq:
+            start, projected = kept[0], kept[2]
+            if start == seq:
+                return projected
+            projected = projected.copy()
+        else:
+            start, projected = state.seq + 1, state.copy()
+        for s in range(start, seq):
             slot = self._slots.get(s)
             if slot is not None:
-                state.apply(slot.derived, s, slot.root)
+                projected.apply(slot.derived, s, slot.root)
                 continue
             cb = self._committed.get(s)
             if cb is None:
                 return None
             derived = derive(cb.batch, self.manifest)
-            state.apply(derived, s, derived.root)
-        return state
+            projected.apply(derived, s, derived.root)
+        self._projection = (seq, base, projected)
+        return projected
 
     def _propose(self) -> None:
         while self.active and self.primary == self.me:
@@ -1036,6 +1052,7 @@ class Replica:
         if seq <= self.stable_seq:
             return
         self.stable_seq, self._stable_proof = seq, proof
+        self._projection = None  # it may rest on slots dropped here
         for table in (self._slots, self._early, self._prepared, self._checkpoints):
             for s in [s for s in table if s <= seq]:
                 del table[s]
@@ -1175,6 +1192,7 @@ class Replica:
         self._vc_timeout = self.config.view_change_timeout
         self._cancel_timer(VIEW_CHANGE)
         self._slots.clear()
+        self._projection = None
         self._early.clear()
         self._prepares.clear()
         self._commits.clear()
