@@ -672,8 +672,11 @@ class Replica:
         for digest, request in self._requests.items():
             if len(headers) >= self.config.max_batch_entries:
                 break
+            known = self._votes.get(digest)
+            if known is None or len(known.by_node) < quorum or digest in in_flight:
+                continue  # (most pending requests, under load: still waiting for votes)
             head = request.header
-            if digest in in_flight or (head.client, head.request_id) in used:
+            if (head.client, head.request_id) in used:
                 continue
             if not projected.fresh(head.client, head.request_id):
                 continue
