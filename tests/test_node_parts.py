@@ -82,7 +82,7 @@ async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does
                      .signed(group.node_keys[0]))
     node._record = lambda actions: None  # these stand-in certificates are not for storing
     async with trio.open_nursery() as nursery:
-        node._nursery = nursery
+        nursery.start_soon(node._flush_loop)
         timer, older, newer = SetTimer("progress", 1.0), reply(4), reply(5)
         node._apply([ours, older, newer, timer])
         assert carried == [older, timer]  # seq 5 waits with our COMMIT of seq 5
@@ -90,4 +90,5 @@ async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does
         assert carried == [older, timer, ours, newer]
         node._apply([reply(5)])  # our COMMIT of seq 5 is durable now: at once
         assert len(carried) == 5
+        nursery.cancel_scope.cancel()
     ledger.close()

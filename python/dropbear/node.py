@@ -199,7 +199,8 @@ class Node:
         """Actions waiting for the group commit that makes their cause durable."""
         self._held_commits: set[tuple[int, int]] = set()
         """(view, seq) of our COMMITs among the held actions (see :meth:`_not_held`)."""
-        self._flush_scheduled = False
+        self._flush_wanted = trio.Event()
+        """Set when actions wait for the group commit (:meth:`_flush_loop` makes it)."""
         self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
         self.evidence: deque[RecordEvidence] = deque(maxlen=limits.NODE_MAX_EVIDENCE)
         self.replies_sent = 0
@@ -270,6 +271,8 @@ class Node:
                 nursery.start_soon(link.run)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._intake_loop)
+            if self._durable is not None:
+                nursery.start_soon(self._flush_loop)
             self._apply(self.replica.start())
             log.info("node %d serving on %s:%d (model %s, version %s)", self.node_id, host, port,
                      self.executor.config.name, self.executor.version.short())
@@ -361,7 +364,7 @@ class Node:
 
     def _apply(self, actions: Sequence[Action]) -> None:
         """Carries out the replica's actions; with a durable ledger, holds them until the
-        group commit that covers them (see :meth:`_flush`)."""
+        group commit that covers them (see :meth:`_flush_loop`)."""
         if self._durable is None:
             self._carry_out(actions)
             return
@@ -374,10 +377,7 @@ class Node:
             (at_once if self._not_held(action) else self._held).append(action)
         if at_once:
             self._carry_out(at_once)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._flush)
+        self._flush_wanted.set()
 
     def _not_held(self, action: Action) -> bool:
         """Timers need no durability; a refusal states no protocol fact. A REPLY's
@@ -391,16 +391,18 @@ class Node:
             return (cert.view, cert.seq) not in self._held_commits
         return False
 
-    async def _flush(self) -> None:
+    async def _flush_loop(self) -> None:
         """Group commit: one transaction (one fsync) for every event handled since the last
         one, committed before any of their actions is carried out."""
-        await trio.sleep(0)  # let the tasks already woken handle their frames first
-        self._flush_scheduled = False
-        held, self._held = self._held, []
-        self._held_commits.clear()
-        assert self._durable is not None
-        self._durable.sync()
-        self._carry_out(held)
+        while True:
+            await self._flush_wanted.wait()
+            await trio.sleep(0)  # let the tasks already woken handle their frames first
+            self._flush_wanted = trio.Event()
+            held, self._held = self._held, []
+            self._held_commits.clear()
+            assert self._durable is not None
+            self._durable.sync()
+            self._carry_out(held)
 
     def _carry_out(self, actions: Sequence[Action]) -> None:
         replies: dict[tuple, list[Certificate]] = {}
