@@ -30,6 +30,26 @@ async def test_timers_wake_the_loop_at_the_deadline_or_when_one_is_set():
     assert trio.current_time() - start < 1.0
 
 
+async def test_only_a_timer_earlier_than_the_one_slept_for_wakes_the_loop():
+    timers = Timers()
+    start = trio.current_time()
+    timers.set("progress", start + 0.3)
+    woke = []
+
+    async def waiter():
+        await timers.wait_for_change()
+        woke.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(0.01)
+        timers.set("catch-up", start + 5.0)  # later: the loop keeps sleeping
+        await trio.sleep(0.05)
+        assert woke == []
+        timers.set("vote-wait", trio.current_time())  # earlier: wakes it now
+    assert len(woke) == 1 and woke[0] < 0.2
+
+
 async def test_slots_are_taken_whole_and_first_come_first_served():
     slots = Slots(10)
     await slots.take(7)

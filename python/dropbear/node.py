@@ -93,10 +93,12 @@ class Timers:
     def __init__(self) -> None:
         self._deadlines: dict[str, float] = {}
         self._changed = trio.Event()
+        self._sleeping_until = float("inf")
 
     def set(self, name: str, deadline: float) -> None:
         self._deadlines[name] = deadline
-        self._changed.set()
+        if deadline < self._sleeping_until:  # a later one is seen when the loop next wakes
+            self._changed.set()
 
     def cancel(self, name: str) -> None:
         self._deadlines.pop(name, None)
@@ -114,8 +116,10 @@ class Timers:
     async def wait_for_change(self) -> None:
         """Returns at the next deadline, or when a timer is set."""
         self._changed = trio.Event()
-        with trio.move_on_at(min(self._deadlines.values(), default=float("inf"))):
+        self._sleeping_until = min(self._deadlines.values(), default=float("inf"))
+        with trio.move_on_at(self._sleeping_until):
             await self._changed.wait()
+        self._sleeping_until = -float("inf")  # awake: nothing to wake
 
 
 class Slots:
