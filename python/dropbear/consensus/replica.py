@@ -140,6 +140,18 @@ def _matches(slot: Slot | None, s: Statement) -> bool:
             and s.size == slot.derived.size and s.digest == slot.root)
 
 
+@dataclass
+class _Projection:
+    """A projected state: ``state`` is the executed state plus every batch before ``seq``
+    (in ``view``); ``digests`` maps each sequence number it passed to the state digest
+    there (the executed one included)."""
+
+    seq: int
+    view: int
+    digests: dict[int, bytes]
+    state: GroupState
+
+
 class Replica:
     """One node's consensus replica; see the module docstring and docs/protocol.md."""
 
@@ -188,8 +200,8 @@ class Replica:
         self._by_client: dict[bytes, set[bytes]] = {}
         self._votes: OrderedDict[bytes, _Votes] = OrderedDict()
         self._my_votes: dict[bytes, Votes] = {}
-        self._projection: tuple[int, tuple[int, int, bytes], GroupState] | None = None
-        """The last :meth:`_projected` state: (seq, (view, executed seq, state digest), state)."""
+        self._projection: _Projection | None = None
+        """The last :meth:`_projected` state (see there)."""
         self._updates: dict[int, ModelUpdate] = {}
         self._waiting: set[bytes] = set()
         self._expired: set[bytes] = set()
@@ -584,33 +596,36 @@ class Replica:
     def _projected(self, seq: int) -> GroupState | None:
         """The state after every batch before ``seq`` (accepted or committed), if all known.
 
-        Read-only for the caller. The last projection is kept: within a view the batches
-        between the executed state and ``seq`` do not change, so it is reused as it is or
-        extended by the batches after it, not rebuilt from the executed state each time.
+        Read-only for the caller. The last projection is kept and reused, or extended by the
+        batches after it, instead of being rebuilt from the executed state each time: it
+        stays valid while the view is the same and the executed state is one it passed
+        through (same sequence number and state digest, a hash chain of every batch before).
         """
         state = self.state
         if seq <= state.seq + 1:
             return state
-        base = (self.view, state.seq, state.digest)
         kept = self._projection
-        if kept is not None and kept[1] == base and kept[0] <= seq:
-            start, projected = kept[0], kept[2]
-            if start == seq:
-                return projected
-            projected = projected.copy()
+        if (kept is not None and kept.view == self.view and kept.seq <= seq
+                and kept.digests.get(state.seq) == state.digest):
+            if kept.seq == seq:
+                return kept.state
+            start, projected, digests = kept.seq, kept.state.copy(), dict(kept.digests)
         else:
-            start, projected = state.seq + 1, state.copy()
+            start, projected, digests = state.seq + 1, state.copy(), {state.seq: state.digest}
         for s in range(start, seq):
             slot = self._slots.get(s)
             if slot is not None:
                 projected.apply(slot.derived, s, slot.root)
-                continue
-            cb = self._committed.get(s)
-            if cb is None:
-                return None
-            derived = derive(cb.batch, self.manifest)
-            projected.apply(derived, s, derived.root)
-        self._projection = (seq, base, projected)
+            else:
+                cb = self._committed.get(s)
+                if cb is None:
+                    return None
+                derived = derive(cb.batch, self.manifest)
+                projected.apply(derived, s, derived.root)
+            digests[s] = projected.digest
+        for old in [s for s in digests if s < state.seq]:
+            del digests[old]
+        self._projection = _Projection(seq, self.view, digests, projected)
         return projected
 
     def _propose(self) -> None:
