@@ -199,6 +199,9 @@ class Replica:
         self._requests: OrderedDict[bytes, Request] = OrderedDict()
         self._by_client: dict[bytes, set[bytes]] = {}
         self._votes: OrderedDict[bytes, _Votes] = OrderedDict()
+        self._voted: OrderedDict[bytes, None] = OrderedDict()
+        """Requests with votes from 2f+1 nodes (of any version), in the order they got them:
+        the only ones the ordering batcher looks at (a subset of ``_votes``' keys)."""
         self._my_votes: dict[bytes, Votes] = {}
         self._projection: _Projection | None = None
         """The last :meth:`_projected` state (see there)."""
@@ -529,11 +532,12 @@ class Replica:
             if not message.verify(self.manifest.node_key(node)):
                 return
             self._remember_verified(message.digest)
+        quorum = self.manifest.quorum
         for vote in message.votes:
             known = self._votes.get(vote.request)
             if known is None:
                 if len(self._votes) >= L.MAX_PENDING_REQUESTS:
-                    self._votes.popitem(last=False)
+                    self._voted.pop(self._votes.popitem(last=False)[0], None)
                 known = self._votes[vote.request] = _Votes()
             old = known.by_node.get(node)
             if old is not None and old[0].model_version == message.model_version:
@@ -543,6 +547,8 @@ class Replica:
                 continue
             if old is None or message.model_version == self.state.versions[node]:
                 known.by_node[node] = (message, vote.label, vote.score)
+                if len(known.by_node) >= quorum:
+                    self._voted[vote.request] = None
         self._after_new_work()
 
     def _on_update(self, update: ModelUpdate, local: bool) -> None:
@@ -684,12 +690,12 @@ class Replica:
         in_flight = {h.digest for s in self._slots.values() for h in s.derived.headers}
         quorum, n = self.manifest.quorum, self.manifest.n
         headers, messages, used = [], {}, set()
-        for digest, request in self._requests.items():
+        for digest in self._voted:
             if len(headers) >= self.config.max_batch_entries:
                 break
-            known = self._votes.get(digest)
-            if known is None or len(known.by_node) < quorum or digest in in_flight:
-                continue  # (most pending requests, under load: still waiting for votes)
+            request = self._requests.get(digest)
+            if request is None or digest in in_flight:
+                continue  # its votes came before it, or it is proposed already
             head = request.header
             if (head.client, head.request_id) in used:
                 continue
@@ -1023,6 +1029,7 @@ class Replica:
     def _forget_request(self, digest: bytes, client: bytes) -> None:
         self._requests.pop(digest, None)
         self._votes.pop(digest, None)
+        self._voted.pop(digest, None)
         self._my_votes.pop(digest, None)
         self._waiting.discard(digest)
         self._expired.discard(digest)
