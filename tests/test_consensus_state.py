@@ -52,3 +52,38 @@ def test_a_used_id_is_not_fresh_and_the_window_slides():
         assert not state.fresh(key, request_id)
     assert not state.fresh(key, 100)  # below the window now
     assert state.clients[key].low == 169 - 64 + 1
+
+
+def _slot(seq: int, requests: list[int]):
+    from dropbear.consensus.replica import Slot
+    from dropbear.consensus.state import Derived
+    from dropbear.wire import Batch
+
+    heads = tuple(Request.create(CLIENTS[0], M.group_id, r, "uint8", (1,), b"\x00").header
+                  for r in requests)
+    return Slot(0, seq, Batch(heads), Derived((), heads, ()), bytes(64))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "del", "pop", "clear"]), st.integers(1, 5),
+                          st.lists(st.integers(0, 6), max_size=4, unique=True)),
+                max_size=30))
+def test_the_slot_table_knows_the_requests_its_slots_hold(steps):
+    from dropbear.consensus.replica import _SlotTable
+
+    table = _SlotTable()
+    for op, seq, requests in steps:
+        if op == "set":
+            table[seq] = _slot(seq, requests)
+        elif op == "del" and seq in table:
+            del table[seq]
+        elif op == "pop":
+            held = table.get(seq)
+            assert table.pop(seq) is held and seq not in table
+        elif op == "clear":
+            table.clear()
+        expected: dict[bytes, int] = {}
+        for slot in table.values():
+            for head in slot.derived.headers:
+                expected[head.digest] = expected.get(head.digest, 0) + 1
+        assert table.requests == expected

@@ -127,6 +127,45 @@ class Slot:
         return self.derived.root
 
 
+class _SlotTable(dict[int, Slot]):
+    """The slots of the current view by sequence number, and the requests they hold
+    (``requests``: digest -> how many slots hold it), kept as slots come and go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: dict[bytes, int] = {}
+
+    def __setitem__(self, seq: int, slot: Slot) -> None:
+        if seq in self:
+            self._forget(super().__getitem__(seq))
+        super().__setitem__(seq, slot)
+        for header in slot.derived.headers:
+            self.requests[header.digest] = self.requests.get(header.digest, 0) + 1
+
+    def __delitem__(self, seq: int) -> None:
+        self._forget(super().__getitem__(seq))
+        super().__delitem__(seq)
+
+    def pop(self, seq: int, default: Slot | None = None) -> Slot | None:  # type: ignore[override]
+        if seq not in self:
+            return default
+        slot = super().__getitem__(seq)
+        del self[seq]
+        return slot
+
+    def clear(self) -> None:
+        super().clear()
+        self.requests.clear()
+
+    def _forget(self, slot: Slot) -> None:
+        for header in slot.derived.headers:
+            left = self.requests[header.digest] - 1
+            if left:
+                self.requests[header.digest] = left
+            else:
+                del self.requests[header.digest]
+
+
 @dataclass
 class _Votes:
     """The votes known for one request: per node, the VOTES message and its output."""
@@ -183,7 +222,7 @@ class Replica:
         # log
         self.stable_seq = 0
         self._stable_proof: tuple[Checkpoint, ...] = ()
-        self._slots: dict[int, Slot] = {}
+        self._slots = _SlotTable()
         self._early: dict[int, PrePrepare] = {}
         self._prepares: dict[tuple[int, int], dict[int, Prepare]] = {}
         self._commits: dict[tuple[int, int], dict[int, Commit]] = {}
@@ -687,7 +726,7 @@ class Replica:
     def _assemble(self, projected: GroupState) -> Batch | None:
         """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
         and pending model updates."""
-        in_flight = {h.digest for s in self._slots.values() for h in s.derived.headers}
+        in_flight = self._slots.requests
         quorum, n = self.manifest.quorum, self.manifest.n
         headers, messages, used = [], {}, set()
         for digest in self._voted:
