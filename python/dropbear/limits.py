@@ -121,7 +121,8 @@ VOTE_WAIT = 0.02
 EAGER_DEPTH = 2
 """Batches in flight below which the primary proposes whatever is ready at once."""
 BATCH_FILL = 16
-"""Past EAGER_DEPTH batches in flight, a batch of fewer requests waits for more..."""
+"""Past EAGER_DEPTH batches in flight, a batch of fewer requests (BATCH_FILL more for each
+further batch in flight, up to MAX_BATCH_ENTRIES) waits for more..."""
 BATCH_WAIT = 0.02
 """...for at most this many seconds (long enough to fill batches when a batch takes a few
 wide-area round trips to commit; on loopback, batches fill long before)."""

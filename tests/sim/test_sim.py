@@ -170,3 +170,25 @@ def test_the_kept_projection_is_always_the_one_computed_afresh(schedule, monkeyp
     monkeypatch.setattr(replica_module.Replica, "_projected", checked)
     run(schedule)
     assert calls  # projections past the executed state were asked for and checked
+
+
+def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch():
+    import dataclasses
+
+    from dropbear.wire import Batch
+
+    from .world import SIM_CONFIG, World
+
+    config = dataclasses.replace(SIM_CONFIG, eager_depth=2, batch_fill=8, max_batch_entries=30)
+    replica = World(seed=1, config=config).nodes[0].replica
+    replica.state.seq = 10
+
+    def held(in_flight: int, requests: int) -> bool:
+        replica._running.discard("batch-wait")
+        return replica._hold_back(11 + in_flight, Batch(requests=(None,) * requests))
+
+    assert not held(1, 1)  # fewer than eager_depth in flight: at once
+    assert held(2, 7) and not held(2, 8)  # eager_depth in flight: batch_fill
+    assert held(3, 15) and not held(3, 16)  # one more in flight: twice as many
+    assert held(5, 29) and not held(5, 30)  # capped by the largest batch
+    assert not held(9, 30)

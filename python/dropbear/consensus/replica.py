@@ -711,11 +711,14 @@ class Replica:
 
     def _hold_back(self, seq: int, batch: Batch) -> bool:
         """Whether to wait for a fuller batch: with ``eager_depth`` batches already in flight,
-        a batch of fewer than ``batch_fill`` requests waits (at most ``batch_wait``) for more.
-        At low load every request is proposed at once; under load, batches grow instead of
-        the number of batches, and so does the work each protocol message amortizes."""
+        a batch of fewer than ``batch_fill`` requests waits (at most ``batch_wait``) for more,
+        and each further batch in flight asks for ``batch_fill`` more. At low load every
+        request is proposed at once; under load (or with long round trips, which keep many
+        batches in flight), batches grow instead of the number of batches, and so does the
+        work each protocol message amortizes."""
         in_flight = seq - self.state.seq - 1
-        fill = min(self.config.batch_fill, self.config.max_batch_entries)
+        beyond = max(0, in_flight - self.config.eager_depth)
+        fill = min(self.config.batch_fill * (1 + beyond), self.config.max_batch_entries)
         if (in_flight < self.config.eager_depth or self._batch_due or batch.updates
                 or len(batch.requests) >= fill):
             return False
