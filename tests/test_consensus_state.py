@@ -87,3 +87,11 @@ def test_the_slot_table_knows_the_requests_its_slots_hold(steps):
             for head in slot.derived.headers:
                 expected[head.digest] = expected.get(head.digest, 0) + 1
         assert table.requests == expected
+    for change in (lambda: table.update({}), lambda: table.setdefault(1, None),
+                   table.popitem, table.copy):
+        try:
+            change()
+        except TypeError as error:
+            assert "slot table changes only by" in str(error)
+        else:
+            raise AssertionError("a slot table must refuse changes it cannot follow")

@@ -22,6 +22,9 @@ INFERENCE_MAX_QUEUE_LENGTH = 4096
 INFERENCE_INLINE_MAX_S = 0.001
 """A batch whose bucket ran faster than this when warmed runs on the event loop's thread:
 handing it to a worker thread and back costs more than it blocks the loop."""
+INFERENCE_INLINE_SLOW_RUNS = 3
+"""In-place runs in a row over twice INFERENCE_INLINE_MAX_S that send a bucket back to
+worker threads for good (one slow run may be a pause of the process, not the model)."""
 INFERENCE_MAX_INPUT_BYTES = 1 << 20
 """Bytes of one model input (224x224x3 float32 is 602,112)."""
 INFERENCE_MAX_TOP_K = 10

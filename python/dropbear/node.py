@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from dropbear import _core, control, limits
+from dropbear import _core, control, heap, limits
 from dropbear import certificate as certificates
 from dropbear.consensus import (
     Action,
@@ -56,6 +56,9 @@ from dropbear.wire import Certificate, Commit, ModelUpdate, Request, Vote, WireE
 from dropbear.wire import Reply as ReplyMessage
 
 log = logging.getLogger("dropbear.node")
+
+HEAP_RESETTLE_DELAY_S = 1.0
+"""How long after a model switch the node collects what the previous version left."""
 
 
 class Fault(StrEnum):
@@ -515,6 +518,14 @@ class Node:
                       error)
             return
         log.info("switched model %s -> %s", previous[:12], version.hex()[:12])
+        if self._nursery is not None:
+            self._nursery.start_soon(self._collect_dropped_model)
+
+    async def _collect_dropped_model(self) -> None:
+        """The previous version may have been frozen with the start-up heap (heap.settle):
+        collect its cycles, a moment after the switch rather than at the ordered point."""
+        await trio.sleep(HEAP_RESETTLE_DELAY_S)
+        heap.resettle()
 
     # --- control ----------------------------------------------------------------------------
 

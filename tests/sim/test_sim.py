@@ -129,10 +129,13 @@ def test_a_statement_of_the_right_root_and_another_size_counts_for_nothing():
 
 def _project_afresh(replica, seq):
     """The projection as computed without the kept one: the executed state plus the batches
-    up to ``seq``."""
+    up to ``seq`` (on a deep copy: ``GroupState.copy`` would change the live state's
+    copy-on-write bookkeeping, and so the run under test)."""
+    import copy
+
     from dropbear.consensus.state import derive
 
-    state = replica.state.copy()
+    state = copy.deepcopy(replica.state)
     for s in range(replica.state.seq + 1, seq):
         slot = replica._slots.get(s)
         if slot is not None:
@@ -183,12 +186,31 @@ def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch
     replica = World(seed=1, config=config).nodes[0].replica
     replica.state.seq = 10
 
-    def held(in_flight: int, requests: int) -> bool:
+    def held(in_flight: int, requests: int, full: bool = False) -> bool:
         replica._running.discard("batch-wait")
-        return replica._hold_back(11 + in_flight, Batch(requests=(None,) * requests))
+        return replica._hold_back(11 + in_flight, Batch(requests=(None,) * requests), full)
 
     assert not held(1, 1)  # fewer than eager_depth in flight: at once
     assert held(2, 7) and not held(2, 8)  # eager_depth in flight: batch_fill
     assert held(3, 15) and not held(3, 16)  # one more in flight: twice as many
     assert held(5, 29) and not held(5, 30)  # capped by the largest batch
     assert not held(9, 30)
+    assert not held(5, 10, full=True)  # a limit cut it short: waiting cannot fill it
+
+
+def test_batches_cut_short_by_the_votes_limit_are_ordered():
+    import dataclasses
+
+    from .world import SIM_CONFIG, World
+
+    # Each request brings 4 VOTES messages of its own, so MAX_BATCH_VOTE_MESSAGES (256)
+    # cuts a batch at 63 requests, below the fill of 128.
+    config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=128,
+                                 max_batch_entries=128, batch_wait=1.0, request_timeout=4.0)
+    world = World(seed=5, clients=2, config=config)
+    for i in range(120):  # 60 per client: within a client's window of 64
+        world.at(0.0002 * i, lambda c=i % 2: world.submit(c))
+    world.run_until(0.8, world.all_certified)
+    assert world.all_certified()
+    sizes = [len(b.batch.requests) for b in world.nodes[0].ledger.committed(1, 99)]
+    assert max(sizes) == 63  # the VOTES limit cut at least one batch

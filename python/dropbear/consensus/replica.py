@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from dropbear import _core
 from dropbear import limits as L
@@ -156,6 +157,11 @@ class _SlotTable(dict[int, Slot]):
     def clear(self) -> None:
         super().clear()
         self.requests.clear()
+
+    def _unsupported(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a slot table changes only by item assignment, del, pop and clear")
+
+    update = setdefault = popitem = __ior__ = copy = _unsupported  # type: ignore[assignment]
 
     def _forget(self, slot: Slot) -> None:
         for header in slot.derived.headers:
@@ -683,10 +689,11 @@ class Replica:
             projected = self._projected(seq)
             if projected is None:
                 return
-            batch = self._assemble(projected)
-            if batch is None:
+            assembled = self._assemble(projected)
+            if assembled is None:
                 return
-            if self._hold_back(seq, batch):
+            batch, full = assembled
+            if self._hold_back(seq, batch, full):
                 return
             try:
                 derived = derive(batch, self.manifest)
@@ -709,8 +716,9 @@ class Replica:
             self._broadcast(message)
             self._maybe_prepare(slot)
 
-    def _hold_back(self, seq: int, batch: Batch) -> bool:
-        """Whether to wait for a fuller batch: with ``eager_depth`` batches already in flight,
+    def _hold_back(self, seq: int, batch: Batch, full: bool = False) -> bool:
+        """Whether to wait for a fuller batch (never when a limit cut it short: ``full``,
+        it is as full as it gets): with ``eager_depth`` batches already in flight,
         a batch of fewer than ``batch_fill`` requests waits (at most ``batch_wait``) for more,
         and each further batch in flight asks for ``batch_fill`` more. At low load every
         request is proposed at once; under load (or with long round trips, which keep many
@@ -719,21 +727,24 @@ class Replica:
         in_flight = seq - self.state.seq - 1
         beyond = max(0, in_flight - self.config.eager_depth)
         fill = min(self.config.batch_fill * (1 + beyond), self.config.max_batch_entries)
-        if (in_flight < self.config.eager_depth or self._batch_due or batch.updates
+        if (full or in_flight < self.config.eager_depth or self._batch_due or batch.updates
                 or len(batch.requests) >= fill):
             return False
         if BATCH_WAIT not in self._running:
             self._set_timer(BATCH_WAIT, self.config.batch_wait)
         return True
 
-    def _assemble(self, projected: GroupState) -> Batch | None:
+    def _assemble(self, projected: GroupState) -> tuple[Batch, bool] | None:
         """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
-        and pending model updates."""
+        and pending model updates; and whether a limit (entries, VOTES messages) cut it
+        short."""
         in_flight = self._slots.requests
         quorum, n = self.manifest.quorum, self.manifest.n
         headers, messages, used = [], {}, set()
+        full = False
         for digest in self._voted:
             if len(headers) >= self.config.max_batch_entries:
+                full = True
                 break
             request = self._requests.get(digest)
             if request is None or digest in in_flight:
@@ -754,6 +765,7 @@ class Replica:
                 continue
             new = {m.digest: m for m in votes.values() if m.digest not in messages}
             if len(messages) + len(new) > L.MAX_BATCH_VOTE_MESSAGES:
+                full = True
                 break
             messages.update(new)
             headers.append(head)
@@ -766,7 +778,7 @@ class Replica:
         )
         if not headers and not updates:
             return None
-        return Batch(tuple(headers), tuple(messages.values()), updates)
+        return Batch(tuple(headers), tuple(messages.values()), updates), full
 
     # --- normal case: pre-prepare, prepare, commit --------------------------------------
 

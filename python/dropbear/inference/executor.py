@@ -3,10 +3,10 @@
 Inputs are queued by :meth:`Executor.submit`; the batcher takes up to ``max_batch_size`` of
 them, waiting at most ``max_queue_delay`` after the first, pads the batch to the next bucket
 size (1, 2, 4, ..., max) and runs that bucket's executable in a worker thread, so the trio
-loop stays free (buckets that ran in under INFERENCE_INLINE_MAX_S when warmed run in place:
-a thread's hand-off costs more). Every bucket is compiled
-(``jax.jit(...).lower(...).compile()``) and run when a version is warmed; the serving path
-only calls compiled executables.
+loop stays free (buckets that ran in under INFERENCE_INLINE_MAX_S when warmed run in place,
+a thread's hand-off costing more, until INFERENCE_INLINE_SLOW_RUNS runs in a row are slow).
+Every bucket is compiled (``jax.jit(...).lower(...).compile()``) and run when a version is
+warmed; the serving path only calls compiled executables.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from dropbear.limits import (
     INFERENCE_DEFAULT_MAX_BATCH_SIZE,
     INFERENCE_DEFAULT_MAX_QUEUE_DELAY_S,
     INFERENCE_INLINE_MAX_S,
+    INFERENCE_INLINE_SLOW_RUNS,
     INFERENCE_MAX_BATCH_SIZE,
     INFERENCE_MAX_INPUT_BYTES,
     INFERENCE_MAX_QUEUE_DELAY_S,
@@ -151,24 +152,30 @@ class Servable:
         self._labels = model.config.labels
         self.inline: frozenset[int] = frozenset()
         """Buckets fast enough to run on the event loop's thread (see :meth:`time_buckets`)."""
+        self.slow_runs: dict[int, int] = {}
+        """Slow in-place runs in a row, per bucket (INFERENCE_INLINE_SLOW_RUNS demote it)."""
 
     @property
     def buckets(self) -> tuple[int, ...]:
         return tuple(sorted(self._executables))
 
     def time_buckets(self, runs: int = 3) -> dict[int, float]:
-        """Runs every bucket ``runs`` times (blocking) and returns each one's fastest run in
-        seconds. Buckets faster than INFERENCE_INLINE_MAX_S become :attr:`inline`: handing
-        such a batch to a worker thread and back costs more than running it in place."""
+        """Runs every bucket (blocking) up to ``runs`` times and returns each one's fastest
+        run in seconds. Buckets faster than INFERENCE_INLINE_MAX_S become :attr:`inline`:
+        handing such a batch to a worker thread and back costs more than running it in
+        place. A bucket stops being timed once a run settles it (under the limit, or four
+        times over it: a large model's buckets run once, as when only warming)."""
         fastest = {}
         for bucket in self.buckets:
             x = np.zeros((bucket, *self.config.input_shape), self.config.input_dtype)
-            times = []
+            best = float("inf")
             for _ in range(runs):
                 start = time.perf_counter()
                 self.run(x)
-                times.append(time.perf_counter() - start)
-            fastest[bucket] = min(times)
+                best = min(best, time.perf_counter() - start)
+                if best < INFERENCE_INLINE_MAX_S or best > 4 * INFERENCE_INLINE_MAX_S:
+                    break
+            fastest[bucket] = best
         self.inline = frozenset(b for b, t in fastest.items() if t < INFERENCE_INLINE_MAX_S)
         return fastest
 
@@ -501,8 +508,12 @@ class Executor:
             if bucket in servable.inline:
                 start = time.perf_counter()
                 predictions = servable.run(xs)
-                if time.perf_counter() - start > 2 * INFERENCE_INLINE_MAX_S:
-                    servable.inline -= {bucket}  # it got slow: worker threads from now on
+                if time.perf_counter() - start <= 2 * INFERENCE_INLINE_MAX_S:
+                    servable.slow_runs[bucket] = 0
+                else:  # a pause is not enough; a bucket slow run after run goes to threads
+                    servable.slow_runs[bucket] = servable.slow_runs.get(bucket, 0) + 1
+                    if servable.slow_runs[bucket] >= INFERENCE_INLINE_SLOW_RUNS:
+                        servable.inline -= {bucket}
             else:
                 predictions = await trio.to_thread.run_sync(servable.run, xs)
         except Exception as e:  # an execution failure fails this batch, not the executor
