@@ -679,6 +679,21 @@ class Replica:
         self._projection = _Projection(seq, self.view, digests, projected)
         return projected
 
+    def _keep_projection(self, seq: int, before: GroupState, after: GroupState) -> None:
+        """The slot at ``seq`` was just stored, checked by computing ``after`` from
+        ``before`` (the projection to ``seq``): keep ``after`` as the projection to seq + 1,
+        so that the next batch's check does not apply this one again."""
+        state, kept = self.state, self._projection
+        if before is state and seq == state.seq + 1:
+            digests = {state.seq: state.digest}
+        elif (kept is not None and kept.state is before and kept.seq == seq
+                and kept.view == self.view):
+            digests = dict(kept.digests)
+        else:
+            return
+        digests[seq] = after.digest
+        self._projection = _Projection(seq + 1, self.view, digests, after)
+
     def _propose(self) -> None:
         while self.active and self.primary == self.me:
             seq = self.next_seq
@@ -700,7 +715,8 @@ class Replica:
             except BatchError:
                 batch = Batch(batch.requests[:1], batch.votes, batch.updates)
                 derived = derive(batch, self.manifest)
-            if projected.check(derived) is not None:
+            after = projected.after(derived, seq, derived.root)
+            if isinstance(after, str):
                 return
             statement = self._statement(
                 Kind.PRE_PREPARE, self.view, seq, derived.size, derived.root
@@ -712,6 +728,7 @@ class Replica:
             message = PrePrepare(statement, self.key.sign(statement.encoded), batch)
             slot = Slot(self.view, seq, batch, derived, message.signature)
             self._slots[seq] = slot
+            self._keep_projection(seq, projected, after)
             self.next_seq = seq + 1
             self._broadcast(message)
             self._maybe_prepare(slot)
@@ -848,12 +865,16 @@ class Replica:
         if (derived.root, derived.size) != (s.digest, s.size):
             return
         projected = self._projected(s.seq)
-        if projected is None or projected.check(derived) is not None:
+        if projected is None:
+            return
+        after = projected.after(derived, s.seq, derived.root)
+        if isinstance(after, str):
             return
         for v in batch.votes:
             self._remember_verified(v.digest)
         slot = Slot(s.view, s.seq, batch, derived, message.signature)
         self._slots[s.seq] = slot
+        self._keep_projection(s.seq, projected, after)
         self._maybe_prepare(slot)
 
     def _maybe_prepare(self, slot: Slot) -> None:

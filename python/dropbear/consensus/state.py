@@ -191,11 +191,12 @@ class GroupState:
                 self.apply_update(update)
                 valid_updates.append(i)
         self.seq = seq
-        self.digest = _core.sha256(self.digest + struct.pack(">Q", seq) + root)
+        self.digest = _chain(self.digest, seq, root)
         return valid_entries, valid_updates
 
-    def check(self, derived: Derived) -> str | None:
-        """Why a proposed batch is invalid at this state (strict, for backups), or None."""
+    def after(self, derived: Derived, seq: int, root: bytes) -> GroupState | str:
+        """The state after batch ``seq`` if all of it is valid at this state (strict, for
+        backups: the same state :meth:`apply` gives then), else why it is not."""
         probe = self.copy()
         for entry in derived.entries:
             problem = probe.entry_problem(entry)
@@ -207,4 +208,11 @@ class GroupState:
             if problem:
                 return problem
             probe.apply_update(update)
-        return None
+        probe.seq = seq
+        probe.digest = _chain(self.digest, seq, root)
+        return probe
+
+
+def _chain(digest: bytes, seq: int, root: bytes) -> bytes:
+    """The state digest after batch ``seq`` of Merkle root ``root``: a hash chain."""
+    return _core.sha256(digest + struct.pack(">Q", seq) + root)
