@@ -112,14 +112,10 @@ class Writer:
         self._pack(">Q", value)
 
     def f64(self, value: float) -> None:
-        if not math.isfinite(value):
-            raise WireError(f"score {value!r} is not a finite number")
-        self._parts.append(struct.pack(">d", value))
+        self._parts.append(struct.pack(">d", _finite(value)))
 
     def fixed(self, data: bytes, size: int, what: str) -> None:
-        if len(data) != size:
-            raise WireError(f"{what} is {len(data)} bytes, expected {size}")
-        self._parts.append(bytes(data))
+        self._parts.append(bytes(_sized(data, size, what)))
 
     def record(self, fmt: struct.Struct, what: str, *values: Any) -> None:
         """Several fixed-width fields at once. ``fmt`` pads short byte strings, so callers
@@ -175,31 +171,20 @@ class Reader:
         self._pos = end
         return out
 
-    def _unpack(self, fmt: struct.Struct, what: str) -> Any:
-        end = self._pos + fmt.size
-        if end > len(self._data):
-            raise WireError(f"truncated {what}: need {fmt.size} bytes at offset {self._pos}")
-        value = fmt.unpack_from(self._data, self._pos)[0]
-        self._pos = end
-        return value
-
     def u8(self, what: str) -> int:
-        return self._unpack(_U8, what)  # type: ignore[no-any-return]
+        return self.record(_U8, what)[0]  # type: ignore[no-any-return]
 
     def u16(self, what: str) -> int:
-        return self._unpack(_U16, what)  # type: ignore[no-any-return]
+        return self.record(_U16, what)[0]  # type: ignore[no-any-return]
 
     def u32(self, what: str) -> int:
-        return self._unpack(_U32, what)  # type: ignore[no-any-return]
+        return self.record(_U32, what)[0]  # type: ignore[no-any-return]
 
     def u64(self, what: str) -> int:
-        return self._unpack(_U64, what)  # type: ignore[no-any-return]
+        return self.record(_U64, what)[0]  # type: ignore[no-any-return]
 
     def f64(self, what: str) -> float:
-        value: float = self._unpack(_F64, what)
-        if not math.isfinite(value):
-            raise WireError(f"{what} {value!r} is not a finite number")
-        return value
+        return _finite(self.record(_F64, what)[0], what)
 
     def fixed(self, size: int, what: str) -> bytes:
         return self._take(size, what)
