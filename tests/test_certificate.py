@@ -206,22 +206,29 @@ def test_one_batch_shares_its_signed_part_and_each_half_checks_its_own_steps():
         verify_entry(moved, M)
 
 
-def test_build_many_equals_build_one_by_one():
-    from dropbear.certificate import build_many
-
+def committed_batch(n_entries, first_id, view, seq, signers=(0, 1, 2)):
+    """Entries of ``n_entries`` requests (ids from ``first_id``), their leaves, and COMMITs
+    of batch ``seq`` in ``view`` by ``signers``."""
     entries = []
-    for i in range(7):
-        request = Request.create(GROUP.node_keys[0], M.group_id, i, "uint8", (1,), bytes([i]))
+    for i in range(n_entries):
+        request = Request.create(GROUP.node_keys[0], M.group_id, first_id + i, "uint8", (1,),
+                                 bytes([i]))
         votes = [EntryVote(node, bytes([node]) * 32, i % 3, 0.5) for node in range(4)]
         entries.append(make_entry(request.header, votes, M.threshold))
     leaves = [e.encoded for e in entries]
     root = _core.merkle_root(leaves)
     commits = [
-        Commit(Statement(Kind.COMMIT, M.group_id, i, 0, 4, len(leaves), root)).signed(
-            GROUP.node_keys[i]
-        )
-        for i in range(3)
+        Commit(Statement(Kind.COMMIT, M.group_id, i, view, seq, len(leaves), root)).signed(
+            GROUP.node_keys[i])
+        for i in signers
     ]
+    return entries, leaves, commits
+
+
+def test_build_many_equals_build_one_by_one():
+    from dropbear.certificate import build_many
+
+    entries, leaves, commits = committed_batch(7, 0, 0, 4)
     chosen = [(0, entries[0]), (3, entries[3]), (6, entries[6])]
     many = build_many(M.group_id, 0, 4, leaves, chosen, commits)
     assert many == [build(M.group_id, 0, 4, leaves, i, e, commits) for i, e in chosen]
@@ -234,19 +241,7 @@ def test_build_many_equals_build_one_by_one():
 def batch_certificates(n_entries=6, signers=(0, 1, 2)):
     from dropbear.certificate import build_many
 
-    entries = []
-    for i in range(n_entries):
-        request = Request.create(GROUP.node_keys[0], M.group_id, 100 + i, "uint8", (1,),
-                                 bytes([i]))
-        votes = [EntryVote(node, bytes([node]) * 32, i % 3, 0.5) for node in range(4)]
-        entries.append(make_entry(request.header, votes, M.threshold))
-    leaves = [e.encoded for e in entries]
-    root = _core.merkle_root(leaves)
-    commits = [
-        Commit(Statement(Kind.COMMIT, M.group_id, i, 1, 8, len(leaves), root)).signed(
-            GROUP.node_keys[i])
-        for i in signers
-    ]
+    entries, leaves, commits = committed_batch(n_entries, 100, 1, 8, signers)
     return build_many(M.group_id, 1, 8, leaves, list(enumerate(entries)), commits)
 
 

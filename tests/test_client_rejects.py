@@ -61,12 +61,19 @@ async def test_a_control_exchange_takes_only_the_answer_it_asked_for() -> None:
     assert result == [{"ok": True}]
 
 
+def client_with_pending(request_id: int) -> Client:
+    """A client (not connected) with one pending request ``request_id``."""
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    request = Request.create(client.key, GROUP.manifest.group_id, request_id, "uint8", (1,),
+                             bytes([request_id]))
+    client._pending[request_id] = _Pending(request)
+    return client
+
+
 async def test_a_node_that_refused_for_a_full_limit_is_asked_again_soon() -> None:
     from dropbear import limits
 
-    client = Client(GROUP.manifest, _core.SigningKey.generate())
-    request = Request.create(client.key, GROUP.manifest.group_id, 9, "uint8", (1,), b"\x02")
-    client._pending[9] = _Pending(request)
+    client = client_with_pending(9)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._retry_loop)
         reject(client, 1, 9, transient=True)
@@ -88,9 +95,7 @@ async def test_a_node_that_refused_for_a_full_limit_is_asked_again_soon() -> Non
 async def test_a_node_that_stays_full_is_asked_again_only_a_few_times() -> None:
     from dropbear import limits
 
-    client = Client(GROUP.manifest, _core.SigningKey.generate())
-    request = Request.create(client.key, GROUP.manifest.group_id, 5, "uint8", (1,), b"\x03")
-    client._pending[5] = _Pending(request)
+    client = client_with_pending(5)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._retry_loop)
         for _ in range(limits.CLIENT_FAST_RETRIES + 3):

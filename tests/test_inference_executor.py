@@ -95,6 +95,13 @@ def serve(executor: Executor, body):
     return trio.run(main)
 
 
+async def lone_input_seconds(executor: Executor) -> float:
+    """How long one input, alone in the queue, takes to be answered."""
+    start = trio.current_time()
+    await executor.submit(images(1)[0])
+    return trio.current_time() - start
+
+
 async def submit_all(executor: Executor, xs: np.ndarray):
     results = [None] * len(xs)
 
@@ -189,13 +196,7 @@ def test_submit_many_answers_in_order_and_refuses_only_the_bad_inputs(executor):
 
 def test_zero_queue_delay_runs_a_lone_input_at_once_and_still_batches_under_load(model):
     executor = Executor(model, max_batch_size=8, max_queue_delay=0.0)
-
-    async def lone(ex):
-        start = trio.current_time()
-        await ex.submit(images(1)[0])
-        return trio.current_time() - start
-
-    assert serve(executor, lone) < 0.05
+    assert serve(executor, lone_input_seconds) < 0.05
     before = executor.stats.batches
     serve(executor, lambda ex: submit_all(ex, images(40, seed=3)))
     assert executor.stats.batches - before < 40  # inputs queued while a batch ran joined
@@ -203,13 +204,7 @@ def test_zero_queue_delay_runs_a_lone_input_at_once_and_still_batches_under_load
 
 def test_max_queue_delay_bounds_the_wait_for_a_lone_input(model):
     executor = Executor(model, max_batch_size=8, max_queue_delay=0.05)
-
-    async def body(ex):
-        start = trio.current_time()
-        await ex.submit(images(1)[0])
-        return trio.current_time() - start
-
-    elapsed = serve(executor, body)
+    elapsed = serve(executor, lone_input_seconds)
     assert 0.05 <= elapsed < 1.0
 
 
