@@ -59,6 +59,11 @@ class Prediction:
     model_version: ModelVersion
 
 
+def bucket_for(buckets: Sequence[int], n: int) -> int:
+    """The smallest of (ascending) ``buckets`` that holds ``n`` inputs."""
+    return next(b for b in buckets if b >= n)
+
+
 def buckets_up_to(max_batch_size: int) -> tuple[int, ...]:
     """1, 2, 4, ... up to and including ``max_batch_size`` (which need not be a power of 2)."""
     out = [1]
@@ -147,6 +152,7 @@ class Servable:
         self.version = model.version
         self.config = model.config
         self._executables = executables
+        self.buckets: tuple[int, ...] = tuple(sorted(executables))
         self._placement = placement
         self._state = state
         self._labels = model.config.labels
@@ -154,10 +160,6 @@ class Servable:
         """Buckets fast enough to run on the event loop's thread (see :meth:`time_buckets`)."""
         self.slow_runs: dict[int, int] = {}
         """Slow in-place runs in a row, per bucket (INFERENCE_INLINE_SLOW_RUNS demote it)."""
-
-    @property
-    def buckets(self) -> tuple[int, ...]:
-        return tuple(sorted(self._executables))
 
     def time_buckets(self, runs: int = 3) -> dict[int, float]:
         """Runs every bucket (blocking) up to ``runs`` times and returns each one's fastest
@@ -182,7 +184,7 @@ class Servable:
     def run(self, batch: np.ndarray) -> list[Prediction]:
         """Runs a checked batch (blocking): pads it to its bucket, calls that executable."""
         n = batch.shape[0]
-        bucket = next(b for b in self.buckets if b >= n)
+        bucket = bucket_for(self.buckets, n)
         if n != bucket:
             padded = np.zeros((bucket, *batch.shape[1:]), dtype=batch.dtype)
             padded[:n] = batch
@@ -498,7 +500,7 @@ class Executor:
         return batch
 
     def _bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
+        return bucket_for(self.buckets, n)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         servable = self._current  # the version this batch runs on, whatever switches meanwhile
