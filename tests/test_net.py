@@ -318,3 +318,114 @@ async def test_one_key_holds_a_bounded_number_of_connections() -> None:
         assert len(listener.connections[client.key.public_key]) == NET_MAX_CONNECTIONS_PER_KEY
         assert any("NET_MAX_CONNECTIONS_PER_KEY" in line for line in log)
         nursery.cancel_scope.cancel()
+
+
+async def connected_link(nursery, port: int, **kwargs) -> PeerLink:
+    link = PeerLink(("127.0.0.1", port), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                    authorize_nodes, on_frame=lambda *_: trio.sleep(0), **kwargs)
+    nursery.start_soon(link.run)
+    with trio.fail_after(5):
+        while not link.connected:
+            await trio.sleep(0.01)
+    return link
+
+
+async def test_frames_bigger_than_the_socket_takes_at_once_arrive_whole_and_in_order() -> None:
+    """A write the socket buffer cannot take at once is finished by the link's writer
+    task, and frames queued meanwhile follow it, in order."""
+    received: list = []
+    big = [bytes([i]) * (6 << 20) for i in range(3)]  # far over a loopback socket buffer
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, received)
+        link = await connected_link(nursery, port)
+        for i, payload in enumerate(big):
+            assert link.send(payload)
+            assert link.send(f"small {i}".encode())
+        assert link.outbox._unsent is not None  # the socket took only part of it
+        with trio.fail_after(20):
+            while len(received) < 6:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    got = [p for _, p in received]
+    assert got[0::2] == big
+    assert got[1::2] == [b"small 0", b"small 1", b"small 2"]
+
+
+async def test_queued_frames_leave_together_at_the_next_flush() -> None:
+    received: list = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, received)
+        link = await connected_link(nursery, port)
+        for i in range(3):
+            assert link.outbox.put(f"queued {i}".encode())
+        await trio.sleep(0.2)
+        assert received == [] and link.outbox.depth() == 3  # put alone sends nothing
+        link.outbox.flush()
+        assert link.outbox.depth() == 0  # written at once, without a task switch
+        with trio.fail_after(5):
+            while len(received) < 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [p for _, p in received] == [b"queued 0", b"queued 1", b"queued 2"]
+
+
+async def test_heartbeats_keep_an_idle_link_open_and_a_silent_peer_is_cut_off(
+        monkeypatch) -> None:
+    import dropbear.net as net
+
+    monkeypatch.setattr(net, "NET_HEARTBEAT_INTERVAL_S", 0.1)
+    monkeypatch.setattr(net, "NET_IDLE_TIMEOUT_S", 0.6)
+    log: list[str] = []
+    received: list = []
+
+    async def on_frame(peer, payload, sender):
+        received.append(payload)
+
+    async with trio.open_nursery() as nursery:
+        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                            on_frame, log=log.append)
+        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        link = await connected_link(nursery, port)
+        # A peer that proves its key and then says nothing, not even heartbeats.
+        silent = FramedStream(await trio.open_tcp_stream("127.0.0.1", port))
+        await handshake(silent, GROUP, LocalIdentity(_core.SigningKey.generate(), Role.CLIENT),
+                        authorize_nodes)
+        await trio.sleep(2.0)  # over three idle timeouts
+        assert link.connected and link.failures == 0  # the heartbeats kept it open
+        assert list(listener.connections) == [NODE_KEYS[1].public_key]
+        assert any("no data from client" in line and "any frame" in line for line in log), log
+        assert link.send(b"after the quiet")
+        with trio.fail_after(5):
+            while not received:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert received == [b"after the quiet"]  # heartbeats never reach the handler
+
+
+async def test_a_frame_trickled_in_too_slowly_is_cut_off(monkeypatch) -> None:
+    import dropbear.net as net
+
+    monkeypatch.setattr(net, "NET_FRAME_TIMEOUT_S", 0.5)
+    log: list[str] = []
+    async with trio.open_nursery() as nursery:
+        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
+                            lambda *_: trio.sleep(0), log=log.append)
+        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await handshake(FramedStream(stream), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
+                        authorize_nodes)
+        start = trio.current_time()
+        await stream.send_all(struct.pack(">I", 100) + b"0123456789")
+        with trio.fail_after(5):
+            try:
+                while True:  # a byte every 0.1 s: data keeps coming, the frame never ends
+                    await stream.send_all(b"x")
+                    await trio.sleep(0.1)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            while listener.connections:
+                await trio.sleep(0.01)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert 0.4 <= elapsed < 3.0, elapsed
+    assert any("a frame's rest" in line for line in log), log

@@ -285,6 +285,11 @@ class SqliteLedger:
                 pass
             self._last, self._chain = self._tail()
 
+    @property
+    def pending(self) -> bool:
+        """Whether writes wait for :meth:`sync` (an open group-commit transaction)."""
+        return self._in_tx
+
     def sync(self) -> None:
         """Commits (and fsyncs) the open group-commit transaction, if any."""
         try:

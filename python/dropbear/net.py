@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -228,69 +229,219 @@ async def _handshake(
     return peer
 
 
-@dataclass
 class Outbox:
-    """A bounded queue of frames for one peer; when full, new frames are dropped (counted)."""
+    """A bounded queue of frames for one peer (``capacity`` frames; when full, new frames
+    are dropped and counted).
 
-    capacity: int = NET_PEER_SEND_QUEUE
-    dropped: int = 0
-    _send: trio.MemorySendChannel = field(init=False)
-    _receive: trio.MemoryReceiveChannel = field(init=False)
+    :meth:`flush` writes what is queued straight to the connection's socket when the socket
+    takes it, with no task switch; the connection's writer task (:func:`_write_loop`) only
+    finishes writes the socket could not take at once, sends delayed links' frames, and
+    sends heartbeats. Frames queued while no connection is up wait for the next one.
+    """
 
-    def __post_init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel(self.capacity)
+    def __init__(self, capacity: int = NET_PEER_SEND_QUEUE) -> None:
+        self.capacity = capacity
+        self.dropped = 0
+        self._frames: deque[tuple[float, bytes]] = deque()
+        self._fd: int | None = None
+        """The connected socket's descriptor while direct writes are allowed."""
+        self._unsent: memoryview | None = None
+        """The rest of a write the socket did not take at once (the writer finishes it)."""
+        self._failed: OSError | None = None
+        self._wake = trio.lowlevel.ParkingLot()
+        self.last_write = 0.0
 
     def put(self, payload: bytes) -> bool:
-        try:
-            self._send.send_nowait((trio.current_time(), payload))
-            return True
-        except trio.WouldBlock:
+        """Queues a frame (sent at the next :meth:`flush`); False when the queue is full."""
+        if len(self._frames) >= self.capacity:
             self.dropped += 1
             return False
+        self._frames.append((trio.current_time(), payload))
+        return True
+
+    def send(self, payload: bytes) -> bool:
+        """Queues a frame and flushes; False when the queue was full and it was dropped."""
+        queued = self.put(payload)
+        self.flush()
+        return queued
+
+    def flush(self) -> None:
+        """Writes the queued frames now if the socket takes them; otherwise (not connected,
+        a write in progress, a delayed link, a full socket buffer) the writer task will."""
+        if not self._frames:
+            return
+        if self._fd is None or self._unsent is not None:
+            self._wake.unpark_all()
+            return
+        self._write_some()
 
     def depth(self) -> int:
-        return self._send.statistics().current_buffer_used
+        return len(self._frames)
 
-
-async def _pump(framed: FramedStream, outbox: Outbox, delay_s: float = 0.0) -> None:
-    """Sends queued frames, several per write, and a heartbeat whenever the queue stays
-    empty for a while."""
-    while True:
-        queued_at, payload = 0.0, b""
-        with trio.move_on_after(NET_HEARTBEAT_INTERVAL_S):
-            queued_at, payload = await outbox._receive.receive()
-        batch, size = [payload], len(payload)
-        while len(batch) < NET_SEND_BATCH_FRAMES and size < NET_SEND_BATCH_BYTES:
+    def _write_some(self, fd: int | None = None, until: float | None = None) -> None:
+        """Writes queued frames (several per system call; those queued by ``until`` when
+        given) until none is left or the socket stops taking them; what it did not take is
+        left in ``_unsent``."""
+        fd = self._fd if fd is None else fd
+        assert fd is not None
+        while self._frames and self._unsent is None:
+            if until is not None and self._frames[0][0] > until:
+                return
+            data = _join(self._frames, until)
             try:
-                queued_at, payload = outbox._receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-            batch.append(payload)
-            size += len(payload)
-        if delay_s and size:
-            # Frames leave delay_s after they were queued: a pipe of that latency, not a
-            # pause per frame, so a delayed link keeps its throughput.
-            await trio.sleep_until(queued_at + delay_s)
-        await framed.send_many(batch)
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as error:
+                self._failed = error
+                self._wake.unpark_all()
+                return
+            self.last_write = trio.current_time()
+            if written < len(data):
+                self._unsent = memoryview(data)[written:]
+                self._wake.unpark_all()
+
+    def _attach(self, fd: int | None) -> None:
+        """Binds the queue to a connection's socket (None: detached, for delayed links and
+        between connections). A write cut short belongs to its connection and is dropped."""
+        self._fd = fd
+        self._unsent = None
+        self._failed = None
 
 
-async def _read(
-    framed: FramedStream, peer: PeerIdentity, on_frame: FrameHandler, sender: Sender
+def _join(frames: deque[tuple[float, bytes]], until: float | None = None) -> bytes:
+    """Takes queued frames off ``frames`` (up to NET_SEND_BATCH_FRAMES / _BYTES; only those
+    queued at or before ``until`` when given) and returns them framed, in one buffer."""
+    parts: list[bytes] = []
+    size = 0
+    while frames and len(parts) < 2 * NET_SEND_BATCH_FRAMES and size < NET_SEND_BATCH_BYTES:
+        if until is not None and frames[0][0] > until:
+            break
+        _, payload = frames.popleft()
+        parts += (_HEADER.pack(len(payload)), payload)
+        size += len(payload)
+    return b"".join(parts)
+
+
+def _raise_failed(outbox: Outbox) -> None:
+    if outbox._failed is not None:
+        raise NetError(f"write failed: {outbox._failed}")
+
+
+async def _write_loop(fd: int, outbox: Outbox, delay_s: float = 0.0) -> None:
+    """The connection's writer: finishes writes cut short, sends a delayed link's frames
+    ``delay_s`` after they were queued, and a heartbeat whenever nothing was written for
+    NET_HEARTBEAT_INTERVAL_S."""
+    outbox._attach(None if delay_s else fd)
+    try:
+        while True:
+            _raise_failed(outbox)
+            if outbox._unsent is not None:
+                with trio.fail_after(NET_FRAME_TIMEOUT_S):
+                    await trio.lowlevel.wait_writable(fd)
+                try:
+                    written = os.write(fd, outbox._unsent)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    raise NetError(f"write failed: {error}") from None
+                outbox.last_write = trio.current_time()
+                rest = outbox._unsent[written:]
+                outbox._unsent = rest if len(rest) else None
+                continue
+            if outbox._frames:
+                if delay_s:
+                    # Frames leave delay_s after they were queued: a pipe of that latency,
+                    # not a pause per frame, so a delayed link keeps its throughput.
+                    await trio.sleep_until(outbox._frames[0][0] + delay_s)
+                    outbox._write_some(fd, until=trio.current_time() - delay_s)
+                else:
+                    outbox._write_some()
+                    await trio.sleep(0)  # what the socket took at once: let others run
+                continue
+            with trio.move_on_at(outbox.last_write + NET_HEARTBEAT_INTERVAL_S) as idle:
+                await outbox._wake.park()
+            now = trio.current_time()
+            if (idle.cancelled_caught and not outbox._frames
+                    and now - outbox.last_write >= NET_HEARTBEAT_INTERVAL_S):
+                outbox._frames.append((now, b""))  # heartbeat
+    finally:
+        outbox._attach(None)
+
+
+async def _read_loop(
+    fd: int,
+    buffer: bytearray,
+    peer: PeerIdentity,
+    on_frame: FrameHandler,
+    sender: Sender,
+    max_frame: int = NET_MAX_FRAME_BYTES,
 ) -> None:
+    """The connection's reader: hands every complete frame in ``buffer`` to ``on_frame``,
+    then reads what the socket holds (waiting only when it holds nothing). A frame must
+    arrive whole within NET_FRAME_TIMEOUT_S of its first bytes; some frame (a heartbeat at
+    least) within NET_IDLE_TIMEOUT_S."""
+    partial_since: float | None = None
+    last_frame = trio.current_time()
     while True:
-        payload = await framed.receive()
-        if not payload:
-            continue
+        pos, end = 0, len(buffer)
+        while end - pos >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, pos)
+            if length > max_frame:
+                raise FrameTooLarge(
+                    f"peer announced a frame of {length} bytes; NET_MAX_FRAME_BYTES is "
+                    f"{max_frame}")
+            stop = pos + _HEADER.size + length
+            if stop > end:
+                break
+            payload = bytes(buffer[pos + _HEADER.size : stop])
+            pos = stop
+            if payload:
+                await _deliver(on_frame, peer, payload, sender)
+        if pos:
+            del buffer[:pos]
+            last_frame = trio.current_time()
+            partial_since = last_frame if buffer else None
+        elif buffer and partial_since is None:
+            partial_since = trio.current_time()
+        need = _HEADER.size
+        if len(buffer) >= _HEADER.size:
+            need += _HEADER.unpack_from(buffer, 0)[0]
+        size = 65536 if need <= 65536 else 1 << 20
         try:
-            await on_frame(peer, payload, sender)
-        except CONNECTION_ERRORS:
+            chunk = os.read(fd, size)
+            await trio.sleep(0)  # data was waiting: still let the other tasks run
+        except BlockingIOError:
+            if partial_since is not None:
+                deadline, what = partial_since + NET_FRAME_TIMEOUT_S, "a frame's rest"
+            else:
+                deadline, what = last_frame + NET_IDLE_TIMEOUT_S, "any frame"
+            with trio.move_on_at(deadline) as waited:
+                await trio.lowlevel.wait_readable(fd)
+            if waited.cancelled_caught:
+                raise trio.TooSlowError(f"no data from {peer} for {what} in time") from None
+            try:
+                chunk = os.read(fd, size)
+            except BlockingIOError:
+                continue
+        if not chunk:
+            raise NetError(
+                f"connection closed by peer after {len(buffer)} of {need} bytes")
+        buffer += chunk
+
+
+async def _deliver(on_frame: FrameHandler, peer: PeerIdentity, payload: bytes,
+                   sender: Sender) -> None:
+    try:
+        await on_frame(peer, payload, sender)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception as error:
+        if getattr(error, "fatal", False):
             raise
-        except Exception as error:
-            if getattr(error, "fatal", False):
-                raise
-            # A frame its handler cannot take costs its sender the connection, not us the
-            # process.
-            raise NetError(f"frame from {peer} refused: {error!r}"[:500]) from error
+        # A frame its handler cannot take costs its sender the connection, not us the
+        # process.
+        raise NetError(f"frame from {peer} refused: {error!r}"[:500]) from error
 
 
 CONNECTION_ERRORS = (
@@ -311,8 +462,14 @@ async def run_connection(
     sender: Sender,
     delay_s: float = 0.0,
 ) -> None:
-    """Reads and writes one authenticated connection until either side fails; re-raises
-    the first connection error (not wrapped in an exception group)."""
+    """Reads and writes one authenticated connection (a TCP ``framed`` stream, past its
+    handshake) until either side fails; re-raises the first connection error (not wrapped
+    in an exception group)."""
+    stream = framed.stream
+    if not isinstance(stream, trio.SocketStream):
+        raise TypeError(f"run_connection needs a trio.SocketStream, not {type(stream).__name__}")
+    fd = stream.socket.fileno()
+    buffer = framed._buffer[framed._pos:]  # frames that came with the handshake's last one
     errors: list[Exception] = []
 
     async def until_error(run, *args) -> None:
@@ -323,8 +480,9 @@ async def run_connection(
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(until_error, _pump, framed, outbox, delay_s)
-        nursery.start_soon(until_error, _read, framed, peer, on_frame, sender)
+        nursery.start_soon(until_error, _write_loop, fd, outbox, delay_s)
+        nursery.start_soon(until_error, _read_loop, fd, buffer, peer, on_frame, sender,
+                           framed.max_frame)
     if errors:
         raise errors[0]
 
@@ -358,8 +516,9 @@ class PeerLink:
         self._log = log or (lambda _msg: None)
 
     def send(self, payload: bytes) -> bool:
-        """Queues a frame; False when the outbox is full and the frame was dropped."""
-        return self.outbox.put(payload)
+        """Sends a frame (now, if the connection takes it); False when the outbox is full
+        and the frame was dropped."""
+        return self.outbox.send(payload)
 
     async def run(self) -> None:
         backoff = NET_RECONNECT_BACKOFF_MIN_S
@@ -391,7 +550,7 @@ class InboundConnection:
     outbox: Outbox = field(default_factory=Outbox)
 
     def send(self, payload: bytes) -> bool:
-        return self.outbox.put(payload)
+        return self.outbox.send(payload)
 
 
 class Listener:

@@ -384,7 +384,8 @@ class Node:
             (at_once if self._not_held(action) else self._held).append(action)
         if at_once:
             self._carry_out(at_once)
-        self._flush_wanted.set()
+        if self._held or self._durable.pending:
+            self._flush_wanted.set()
 
     def _not_held(self, action: Action) -> bool:
         """Timers need no durability; a refusal states no protocol fact. A REPLY's
@@ -403,7 +404,8 @@ class Node:
         one, committed before any of their actions is carried out."""
         while True:
             await self._flush_wanted.wait()
-            await trio.sleep(0)  # let the tasks already woken handle their frames first
+            if trio.lowlevel.current_statistics().tasks_runnable:
+                await trio.sleep(0)  # let the tasks already woken handle their frames first
             self._flush_wanted = trio.Event()
             held, self._held = self._held, []
             self._held_commits.clear()
@@ -413,15 +415,18 @@ class Node:
 
     def _carry_out(self, actions: Sequence[Action]) -> None:
         replies: dict[tuple, list[Certificate]] = {}
+        queued = False  # frames for peers leave together at the end, one write per peer
         for action in actions:
             match action:
                 case Send(to, message):
                     if to in self.links:
-                        self.links[to].send(message.encoded)
+                        self.links[to].outbox.put(message.encoded)
+                        queued = True
                 case Broadcast(message):
                     frame = message.encoded
                     for link in self.links.values():
-                        link.send(frame)
+                        link.outbox.put(frame)
+                    queued = True
                 case SetTimer(name, delay):
                     self._timers.set(name, trio.current_time() + delay)
                 case CancelTimer(name):
@@ -449,6 +454,9 @@ class Node:
                     log.warning("evidence of misbehaviour: %s", evidence)
                 case _:
                     raise TypeError(f"unknown action {action!r}")
+        if queued:
+            for link in self.links.values():
+                link.outbox.flush()
         # One signed REPLY per client and committed batch, however many of its requests.
         for (client, *_), certs in replies.items():
             reply = ReplyMessage.of(self.node_id, certs).signed(self.key)
