@@ -41,6 +41,9 @@ from dropbear.limits import (
 
 NET_HANDSHAKE_MAX_FRAME_BYTES = 256
 """Frames before the handshake is over (a HELLO is 109 bytes, a proof 64)."""
+NET_DELAY_BATCH_S = 0.001
+"""A delayed link (``delay_s``) holds a frame up to this much longer, to send it with the
+frames queued just after it."""
 NET_READ_COMPACT_BYTES = 1 << 20
 """A receive buffer drops the bytes already read once this many have piled up."""
 
@@ -351,9 +354,10 @@ async def _write_loop(fd: int, outbox: Outbox, delay_s: float = 0.0) -> None:
                 continue
             if outbox._frames:
                 if delay_s:
-                    # Frames leave delay_s after they were queued: a pipe of that latency,
-                    # not a pause per frame, so a delayed link keeps its throughput.
-                    await trio.sleep_until(outbox._frames[0][0] + delay_s)
+                    # Frames leave delay_s after they were queued (never earlier, at most
+                    # NET_DELAY_BATCH_S later, so that a busy link writes in batches): a pipe
+                    # of that latency, not a pause per frame, so it keeps its throughput.
+                    await trio.sleep_until(outbox._frames[0][0] + delay_s + NET_DELAY_BATCH_S)
                     outbox._write_some(fd, until=trio.current_time() - delay_s)
                 else:
                     outbox._write_some()
