@@ -429,3 +429,74 @@ async def test_a_frame_trickled_in_too_slowly_is_cut_off(monkeypatch) -> None:
         nursery.cancel_scope.cancel()
     assert 0.4 <= elapsed < 3.0, elapsed
     assert any("a frame's rest" in line for line in log), log
+
+
+async def test_a_frame_no_peer_would_take_is_dropped_and_counted(monkeypatch) -> None:
+    import dropbear.net as net
+
+    monkeypatch.setattr(net, "NET_MAX_FRAME_BYTES", 1000)
+    received: list = []
+    async with trio.open_nursery() as nursery:
+        _, port = await start_listener(nursery, received)
+        link = await connected_link(nursery, port)
+        assert not link.send(b"x" * 1001)
+        assert link.send(b"fits")
+        with trio.fail_after(5):
+            while not received:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert (link.outbox.dropped, link.outbox.too_large) == (1, 1)
+    assert [p for _, p in received] == [b"fits"]  # the connection was not broken by it
+
+
+async def test_frames_flushed_after_a_failed_write_wait_for_the_next_connection() -> None:
+    import socket
+
+    from dropbear.net import Outbox
+
+    mine, theirs = socket.socketpair()
+    mine.setblocking(False)
+    theirs.close()
+    outbox = Outbox()
+    outbox._attach(mine.fileno())
+    assert outbox.send(b"lost with the connection")  # the write fails: EPIPE
+    assert outbox._failed is not None and outbox.depth() == 0
+    for i in range(3):
+        assert outbox.send(f"later {i}".encode())
+    assert outbox.depth() == 3  # kept for the writer to end the connection and the next one
+    mine.close()
+
+
+async def test_a_write_the_peer_drains_too_slowly_ends_the_connection(monkeypatch) -> None:
+    import dropbear.net as net
+
+    monkeypatch.setattr(net, "NET_FRAME_TIMEOUT_S", 0.5)
+    mine, theirs = trio.socket.socketpair()
+    outbox = net.Outbox()
+
+    async def drain_a_byte_now_and_then() -> None:
+        while True:  # data keeps moving, the write never ends in time
+            await trio.sleep(0.05)
+            await theirs.recv(65536)
+
+    ended: list[float] = []
+
+    async def writer() -> None:
+        with pytest.raises(trio.TooSlowError):
+            await net._write_loop(mine.fileno(), outbox)
+        ended.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.sleep(0.1)  # the writer is up and idle
+        start = trio.current_time()
+        nursery.start_soon(drain_a_byte_now_and_then)
+        outbox.send(b"x" * (16 << 20))
+        assert outbox._unsent is not None
+        with trio.fail_after(5):
+            while not ended:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert 0.4 <= ended[0] - start < 3.0
+    mine.close()
+    theirs.close()

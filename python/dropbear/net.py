@@ -250,14 +250,19 @@ class Outbox:
         """The connected socket's descriptor while direct writes are allowed."""
         self._unsent: memoryview | None = None
         """The rest of a write the socket did not take at once (the writer finishes it)."""
+        self._unsent_since = 0.0
         self._failed: OSError | None = None
         self._wake = trio.lowlevel.ParkingLot()
         self.last_write = 0.0
+        self.too_large = 0
+        """Frames refused for being over NET_MAX_FRAME_BYTES (also counted in ``dropped``)."""
 
     def put(self, payload: bytes) -> bool:
-        """Queues a frame (sent at the next :meth:`flush`); False when the queue is full."""
-        if len(self._frames) >= self.capacity:
+        """Queues a frame (sent at the next :meth:`flush`); False when it was dropped: the
+        queue is full, or the frame is over NET_MAX_FRAME_BYTES (no peer would take it)."""
+        if len(self._frames) >= self.capacity or len(payload) > NET_MAX_FRAME_BYTES:
             self.dropped += 1
+            self.too_large += len(payload) > NET_MAX_FRAME_BYTES
             return False
         self._frames.append((trio.current_time(), payload))
         return True
@@ -273,8 +278,8 @@ class Outbox:
         a write in progress, a delayed link, a full socket buffer) the writer task will."""
         if not self._frames:
             return
-        if self._fd is None or self._unsent is not None:
-            self._wake.unpark_all()
+        if self._fd is None or self._unsent is not None or self._failed is not None:
+            self._wake.unpark_all()  # the writer finishes, or ends the broken connection
             return
         self._write_some()
 
@@ -299,9 +304,12 @@ class Outbox:
                 self._failed = error
                 self._wake.unpark_all()
                 return
-            self.last_write = trio.current_time()
+            now = trio.current_time()
+            if written:
+                self.last_write = now
             if written < len(data):
                 self._unsent = memoryview(data)[written:]
+                self._unsent_since = now
                 self._wake.unpark_all()
 
     def _attach(self, fd: int | None) -> None:
@@ -340,7 +348,8 @@ async def _write_loop(fd: int, outbox: Outbox, delay_s: float = 0.0) -> None:
         while True:
             _raise_failed(outbox)
             if outbox._unsent is not None:
-                with trio.fail_after(NET_FRAME_TIMEOUT_S):
+                # One deadline for the whole write, however slowly the peer drains it.
+                with trio.fail_at(outbox._unsent_since + NET_FRAME_TIMEOUT_S):
                     await trio.lowlevel.wait_writable(fd)
                 try:
                     written = os.write(fd, outbox._unsent)

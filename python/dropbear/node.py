@@ -404,8 +404,7 @@ class Node:
         one, committed before any of their actions is carried out."""
         while True:
             await self._flush_wanted.wait()
-            if trio.lowlevel.current_statistics().tasks_runnable:
-                await trio.sleep(0)  # let the tasks already woken handle their frames first
+            await trio.sleep(0)  # let the tasks already woken handle their frames first
             self._flush_wanted = trio.Event()
             held, self._held = self._held, []
             self._held_commits.clear()
