@@ -112,3 +112,42 @@ async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does
         assert len(carried) == 5
         nursery.cancel_scope.cancel()
     ledger.close()
+
+
+async def test_inference_starts_at_once_unless_a_model_switch_waits_for_the_commit(tmp_path):
+    """Running the model sends nothing by itself, so a RequestInference does not wait for
+    the group commit; but after a model switch that still waits, it waits too (it must run
+    on the new version)."""
+    from dropbear.consensus import ActivateModel, RequestInference
+    from dropbear.inference import ModelRepository
+    from dropbear.inference.null import NullExecutor
+    from dropbear.ledger import SqliteLedger
+    from dropbear.node import Node
+    from sim.group import make_group
+
+    group = make_group(4)
+    manifest = group.manifest
+    executor = NullExecutor(ModelRepository("models").config("digits-mlp"),
+                            manifest.nodes[0].model_version.hex())
+    ledger = SqliteLedger(tmp_path / "node-0.db", group_id=manifest.group_id, node=0,
+                          group_commit=True)
+    node = Node(manifest, 0, group.node_keys[0], executor, ModelRepository("models"),
+                ledger=ledger)
+    carried: list = []
+    node._carry_out = lambda actions: carried.extend(actions)
+    node._record = lambda actions: None
+    first, later = RequestInference((), b"\x01" * 32), RequestInference((), b"\x02" * 32)
+    switch = ActivateModel(b"\x02" * 32)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._flush_loop)
+        node._apply([first])
+        assert carried == [first]  # at once
+        node._apply([switch])
+        node._apply([later])  # a switch waits: so does this inference, after it
+        assert carried == [first]
+        await trio.sleep(0.05)  # the group commit
+        assert carried == [first, switch, later]
+        node._apply([RequestInference((), b"\x02" * 32)])
+        assert len(carried) == 4  # the switch is done: at once again
+        nursery.cancel_scope.cancel()
+    ledger.close()

@@ -206,6 +206,8 @@ class Node:
         """Actions waiting for the group commit that makes their cause durable."""
         self._held_commits: set[tuple[int, int]] = set()
         """(view, seq) of our COMMITs among the held actions (see :meth:`_not_held`)."""
+        self._switch_held = False
+        """Whether a model switch (ActivateModel) is among the held actions."""
         self._flush_wanted = trio.Event()
         """Set when actions wait for the group commit (:meth:`_flush_loop` makes it)."""
         self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
@@ -379,6 +381,8 @@ class Node:
         for action in actions:
             if isinstance(action, Broadcast) and isinstance(action.message, Commit):
                 self._held_commits.add((action.message.view, action.message.seq))
+            elif isinstance(action, ActivateModel):
+                self._switch_held = True
         at_once = []
         for action in actions:
             (at_once if self._not_held(action) else self._held).append(action)
@@ -388,12 +392,17 @@ class Node:
             self._flush_wanted.set()
 
     def _not_held(self, action: Action) -> bool:
-        """Timers need no durability; a refusal states no protocol fact. A REPLY's
-        certificate carries 2f+1 COMMITs, and each of them was sent only once its node's
-        prepared proof (the batch included) was durable; so a REPLY goes out at once, unless
-        our own COMMIT for it is among the actions still waiting for this group commit."""
+        """Timers need no durability; a refusal states no protocol fact. Running the model
+        sends nothing by itself (the VOTES it leads to wait for a group commit of their
+        own, which covers every earlier write), so inference starts at once, unless a model
+        switch waits: it must run after the switch. A REPLY's certificate carries 2f+1
+        COMMITs, and each of them was sent only once its node's prepared proof (the batch
+        included) was durable; so a REPLY goes out at once, unless our own COMMIT for it is
+        among the actions still waiting for this group commit."""
         if isinstance(action, SetTimer | CancelTimer | Refuse):
             return True
+        if isinstance(action, RequestInference):
+            return not self._switch_held
         if isinstance(action, Reply):
             cert = action.certificate
             return (cert.view, cert.seq) not in self._held_commits
@@ -408,6 +417,7 @@ class Node:
             self._flush_wanted = trio.Event()
             held, self._held = self._held, []
             self._held_commits.clear()
+            self._switch_held = False
             assert self._durable is not None
             self._durable.sync()
             self._carry_out(held)
