@@ -255,6 +255,11 @@ class Replica:
         self._expired: set[bytes] = set()
         self._batch_due = False
         """The batch wait ran out: the next batch is proposed however small."""
+        self._short: tuple[int, int] | None = None
+        """While a batch is held back (see :meth:`_hold_back`): how many requests it lacks and
+        how many VOTES messages it holds. New votes cannot fill it before that many requests
+        became orderable (:meth:`_on_votes` counts them in ``_newly_orderable``)."""
+        self._newly_orderable = 0
         self._replies: OrderedDict[tuple[bytes, int], Certificate] = OrderedDict()
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.convicted: set[int] = set()
@@ -577,7 +582,8 @@ class Replica:
             if not message.verify(self.manifest.node_key(node)):
                 return
             self._remember_verified(message.digest)
-        quorum = self.manifest.quorum
+        quorum, n = self.manifest.quorum, self.manifest.n
+        orderable, wake = 0, False
         for vote in message.votes:
             known = self._votes.get(vote.request)
             if known is None:
@@ -592,9 +598,16 @@ class Replica:
                 continue
             if old is None or message.model_version == self.state.versions[node]:
                 known.by_node[node] = (message, vote.label, vote.score)
-                if len(known.by_node) >= quorum:
+                count = len(known.by_node)
+                if count >= quorum:
                     self._voted[vote.request] = None
-        self._after_new_work()
+                    if old is not None:
+                        wake = True  # a vote of another version replaced: look again
+                    elif count >= n or vote.request in self._expired:
+                        orderable += 1  # it may go in the next batch now
+                    elif count == quorum:
+                        wake = True  # the batcher starts its wait for the rest (VOTE_WAIT)
+        self._after_new_work(orderable=None if wake else orderable)
 
     def _on_update(self, update: ModelUpdate, local: bool) -> None:
         node = update.node
@@ -610,8 +623,18 @@ class Replica:
             self._broadcast(update)
         self._after_new_work()
 
-    def _after_new_work(self) -> None:
+    def _after_new_work(self, orderable: int | None = None) -> None:
+        """Lets the primary propose. ``orderable``: the work was only votes, which made that
+        many requests orderable (and started no vote wait): while a held-back batch lacks
+        more than that, assembling it again would hold it again, and is skipped."""
         if self.active and self.primary == self.me:
+            if orderable is not None and self._short is not None and BATCH_WAIT in self._running:
+                self._newly_orderable += orderable
+                lacking, messages = self._short
+                if (self._newly_orderable < lacking and messages
+                        + self._newly_orderable * self.manifest.n <= L.MAX_BATCH_VOTE_MESSAGES):
+                    self._update_progress_timer()
+                    return
             self._propose()
         self._update_progress_timer()
 
@@ -695,6 +718,7 @@ class Replica:
         self._projection = _Projection(seq + 1, self.view, digests, after)
 
     def _propose(self) -> None:
+        self._short = None
         while self.active and self.primary == self.me:
             seq = self.next_seq
             if seq > self.stable_seq + self.config.window:
@@ -749,6 +773,7 @@ class Replica:
             return False
         if BATCH_WAIT not in self._running:
             self._set_timer(BATCH_WAIT, self.config.batch_wait)
+        self._short, self._newly_orderable = (fill - len(batch.requests), len(batch.votes)), 0
         return True
 
     def _assemble(self, projected: GroupState) -> tuple[Batch, bool] | None:
