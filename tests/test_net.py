@@ -32,12 +32,14 @@ def authorize_nodes(peer: PeerIdentity) -> bool:
     )
 
 
-async def start_listener(nursery, received: list) -> tuple[Listener, int]:
+async def start_listener(nursery, received: list,
+                         log: list[str] | None = None) -> tuple[Listener, int]:
+    """Node 0's listener; every frame it takes goes into ``received`` as (peer, payload)."""
     async def on_frame(peer, payload, sender):
         received.append((peer, payload))
 
     listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
-                        on_frame)
+                        on_frame, log=None if log is None else log.append)
     port = await nursery.start(listener.serve, "127.0.0.1", 0)
     return listener, port
 
@@ -64,13 +66,8 @@ async def test_impostor_node_is_refused() -> None:
     log: list[str] = []
     impostor = _core.SigningKey.generate()
 
-    async def on_frame(peer, payload, sender):
-        received.append(payload)
-
     async with trio.open_nursery() as nursery:
-        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
-                            on_frame, log=log.append)
-        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        _, port = await start_listener(nursery, received, log)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         framed = FramedStream(stream)
         with pytest.raises(NetError, match="connection closed by peer"):
@@ -377,14 +374,8 @@ async def test_heartbeats_keep_an_idle_link_open_and_a_silent_peer_is_cut_off(
     monkeypatch.setattr(net, "NET_IDLE_TIMEOUT_S", 0.6)
     log: list[str] = []
     received: list = []
-
-    async def on_frame(peer, payload, sender):
-        received.append(payload)
-
     async with trio.open_nursery() as nursery:
-        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
-                            on_frame, log=log.append)
-        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        listener, port = await start_listener(nursery, received, log)
         link = await connected_link(nursery, port)
         # A peer that proves its key and then says nothing, not even heartbeats.
         silent = FramedStream(await trio.open_tcp_stream("127.0.0.1", port))
@@ -399,7 +390,7 @@ async def test_heartbeats_keep_an_idle_link_open_and_a_silent_peer_is_cut_off(
             while not received:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    assert received == [b"after the quiet"]  # heartbeats never reach the handler
+    assert [p for _, p in received] == [b"after the quiet"]  # heartbeats never reach it
 
 
 async def test_a_frame_trickled_in_too_slowly_is_cut_off(monkeypatch) -> None:
@@ -408,9 +399,7 @@ async def test_a_frame_trickled_in_too_slowly_is_cut_off(monkeypatch) -> None:
     monkeypatch.setattr(net, "NET_FRAME_TIMEOUT_S", 0.5)
     log: list[str] = []
     async with trio.open_nursery() as nursery:
-        listener = Listener(GROUP, LocalIdentity(NODE_KEYS[0], Role.NODE, 0), authorize_nodes,
-                            lambda *_: trio.sleep(0), log=log.append)
-        port = await nursery.start(listener.serve, "127.0.0.1", 0)
+        listener, port = await start_listener(nursery, [], log)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await handshake(FramedStream(stream), GROUP, LocalIdentity(NODE_KEYS[1], Role.NODE, 1),
                         authorize_nodes)
