@@ -262,3 +262,66 @@ def test_votes_that_cannot_fill_a_held_batch_skip_its_assembly_and_change_nothin
     every = [loaded(*case) for case in cases] + [str(run(seed)) for seed in (2, 11)]
     assert skipping == every
     assert with_skips < 0.8 * calls["propose"], (with_skips, calls["propose"])
+
+
+def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():
+    """The prepare phase advances one batch after another: while ``eager_depth`` batches in
+    flight are not prepared, a new batch (however full, short of the largest) gathers
+    requests instead, and goes when one of them is prepared."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from dropbear.wire import Batch
+
+    from .world import SIM_CONFIG, World
+
+    config = dataclasses.replace(SIM_CONFIG, eager_depth=2, batch_fill=8, max_batch_entries=30)
+    replica = World(seed=1, config=config).nodes[0].replica
+    replica.state.seq = 10
+    slots = {seq: SimpleNamespace(prepared=False, derived=SimpleNamespace(headers=()))
+             for seq in (11, 12)}
+    for seq, slot in slots.items():
+        replica._slots[seq] = slot
+
+    def held(requests: int) -> bool:
+        replica._running.discard("batch-wait")
+        return replica._hold_back(13, Batch(requests=(None,) * requests))
+
+    assert held(20) and replica._paced  # above the fill of 8, but both are unprepared
+    assert "batch-wait" not in replica._running  # no timer: a prepared batch releases it
+    assert not held(30)  # the largest batch never waits
+    slots[11].prepared = True
+    assert not held(20)  # one unprepared: only the fill (8) counts again
+    assert held(7) and not replica._paced
+
+
+def test_a_batch_held_for_the_prepare_phase_goes_as_soon_as_its_predecessor_is_prepared(
+        monkeypatch):
+    import dataclasses
+
+    from dropbear.consensus import replica as replica_module
+
+    from .world import SIM_CONFIG, World
+
+    released = []  # batches a PREPARE quorum let go, not a later commit or timer
+    check_prepared = replica_module.Replica._check_prepared
+
+    def watched(self, seq):
+        paced, before = self._paced, self.next_seq
+        check_prepared(self, seq)
+        if paced and self.next_seq > before:
+            released.append(before)
+
+    monkeypatch.setattr(replica_module.Replica, "_check_prepared", watched)
+
+    # No timer would release a paced batch in time (batch wait 5 s, no view change for 20 s).
+    config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=4, batch_wait=5.0,
+                                 max_batch_entries=32, request_timeout=20.0)
+    world = World(seed=4, clients=2, config=config)
+    for i in range(100):
+        world.at(0.0003 * i, lambda c=i % 2: world.submit(c))
+    world.run_until(1.0, world.all_certified)
+    assert world.all_certified()
+    assert [node.replica.view for node in world.nodes] == [0] * len(world.nodes)
+    assert world.nodes[0].ledger.last_seq() > 2  # several batches, so pacing was at work
+    assert released

@@ -260,6 +260,9 @@ class Replica:
         how many VOTES messages it holds. New votes cannot fill it before that many requests
         became orderable (:meth:`_on_votes` counts them in ``_newly_orderable``)."""
         self._newly_orderable = 0
+        self._paced = False
+        """The held-back batch waits for a batch in flight to be prepared (no timer)."""
+        self._proposing = False
         self._replies: OrderedDict[tuple[bytes, int], Certificate] = OrderedDict()
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.convicted: set[int] = set()
@@ -628,7 +631,8 @@ class Replica:
         many requests orderable (and started no vote wait): while a held-back batch lacks
         more than that, assembling it again would hold it again, and is skipped."""
         if self.active and self.primary == self.me:
-            if orderable is not None and self._short is not None and BATCH_WAIT in self._running:
+            if orderable is not None and self._short is not None and (
+                    self._paced or BATCH_WAIT in self._running):
                 self._newly_orderable += orderable
                 lacking, messages = self._short
                 if (self._newly_orderable < lacking and messages
@@ -718,7 +722,15 @@ class Replica:
         self._projection = _Projection(seq + 1, self.view, digests, after)
 
     def _propose(self) -> None:
-        self._short = None
+        if self._proposing:
+            return  # called back from a batch this very call proposed: it goes on anyway
+        self._short, self._paced, self._proposing = None, False, True
+        try:
+            self._propose_batches()
+        finally:
+            self._proposing = False
+
+    def _propose_batches(self) -> None:
         while self.active and self.primary == self.me:
             seq = self.next_seq
             if seq > self.stable_seq + self.config.window:
@@ -764,17 +776,37 @@ class Replica:
         and each further batch in flight asks for ``batch_fill`` more. At low load every
         request is proposed at once; under load (or with long round trips, which keep many
         batches in flight), batches grow instead of the number of batches, and so does the
-        work each protocol message amortizes."""
+        work each protocol message amortizes. And while ``eager_depth`` batches in flight
+        are not prepared yet, the next one waits (without a timer) for one of them to be:
+        it could not be prepared before them, and meanwhile it gathers requests; far apart,
+        where the prepare phase advances one batch per one-way delay, this is what keeps
+        batches large and few."""
+        if full or self._batch_due or batch.updates:
+            return False
+        largest = self.config.max_batch_entries
+        if len(batch.requests) < largest and self._unprepared(seq) >= self.config.eager_depth:
+            # Paced by the prepare phase: a batch proposed now could not be prepared before
+            # those (each PREPAREs only after its predecessor is prepared), so it gathers
+            # requests until one of them is (then _check_prepared proposes again).
+            self._short = (largest - len(batch.requests), len(batch.votes))
+            self._newly_orderable, self._paced = 0, True
+            return True
         in_flight = seq - self.state.seq - 1
         beyond = max(0, in_flight - self.config.eager_depth)
-        fill = min(self.config.batch_fill * (1 + beyond), self.config.max_batch_entries)
-        if (full or in_flight < self.config.eager_depth or self._batch_due or batch.updates
-                or len(batch.requests) >= fill):
+        fill = min(self.config.batch_fill * (1 + beyond), largest)
+        if in_flight < self.config.eager_depth or len(batch.requests) >= fill:
             return False
         if BATCH_WAIT not in self._running:
             self._set_timer(BATCH_WAIT, self.config.batch_wait)
         self._short, self._newly_orderable = (fill - len(batch.requests), len(batch.votes)), 0
+        self._paced = False
         return True
+
+    def _unprepared(self, seq: int) -> int:
+        """Batches in flight below ``seq`` not yet prepared here."""
+        slots = self._slots
+        return sum(1 for s in range(self.state.seq + 1, seq)
+                   if (slot := slots.get(s)) is not None and not slot.prepared)
 
     def _assemble(self, projected: GroupState) -> tuple[Batch, bool] | None:
         """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
@@ -994,6 +1026,8 @@ class Replica:
             return
         slot.prepared = True
         self._prepare_successor(seq)
+        if self._paced:
+            self._propose()  # the batch held back for this one goes now
         proof = PreparedProof(slot.view, seq, slot.batch, matching)
         self._prepared[seq] = proof
         self.ledger.save_prepared(proof)
