@@ -232,11 +232,13 @@ def test_votes_that_cannot_fill_a_held_batch_skip_its_assembly_and_change_nothin
 
     from .world import SIM_CONFIG, World
 
-    def loaded(config, requests: int, seed: int):
-        world = World(seed=seed, clients=2, config=config)
+    def loaded(config, requests: int, seed: int, n: int = 4, update: int | None = None):
+        world = World(seed=seed, n=n, clients=2, config=config)
         for i in range(requests):
             world.at(0.0003 * i, lambda c=i % 2: world.submit(c))
-        world.run_until(10.0, world.all_certified)
+        if update is not None:  # a model switch mid-burst: votes of two versions meet
+            world.at(0.01, lambda: world.update_model(update))
+        world.run_until(20.0, world.all_certified)
         assert world.all_certified()
         return world.steps, _committed(world)
 
@@ -244,7 +246,8 @@ def test_votes_that_cannot_fill_a_held_batch_skip_its_assembly_and_change_nothin
                                eager_depth=1, batch_fill=16, batch_wait=0.05)
     by_votes = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=128,
                                    max_batch_entries=128, batch_wait=1.0, request_timeout=4.0)
-    cases = [(held, 100, 3), (held, 120, 8), (by_votes, 120, 5)]
+    cases = [(held, 100, 3), (held, 120, 8), (by_votes, 120, 5), (held, 120, 1, 7, 1),
+             (held, 120, 2, 4, 1), (held, 120, 3, 7, 1)]
     calls = {"propose": 0}
     original_propose = replica_module.Replica._propose
 
@@ -298,23 +301,26 @@ def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():
 def test_a_batch_held_for_the_prepare_phase_goes_as_soon_as_its_predecessor_is_prepared(
         monkeypatch):
     import dataclasses
+    import sys
 
     from dropbear.consensus import replica as replica_module
 
     from .world import SIM_CONFIG, World
 
-    released = []  # batches a PREPARE quorum let go, not a later commit or timer
-    check_prepared = replica_module.Replica._check_prepared
+    released = []  # batches let go by a PREPARE quorum itself, not by a commit or timer
+    propose = replica_module.Replica._propose
 
-    def watched(self, seq):
+    def watched(self):
         paced, before = self._paced, self.next_seq
-        check_prepared(self, seq)
-        if paced and self.next_seq > before:
+        propose(self)
+        if paced and self.next_seq > before and sys._getframe(1).f_code.co_name == (
+                "_check_prepared"):
             released.append(before)
 
-    monkeypatch.setattr(replica_module.Replica, "_check_prepared", watched)
+    monkeypatch.setattr(replica_module.Replica, "_propose", watched)
 
-    # No timer would release a paced batch in time (batch wait 5 s, no view change for 20 s).
+    # No timer releases a paced batch (batch wait 5 s, no view change for 20 s): the PREPARE
+    # quorum of a batch in flight does, or (later) its execution.
     config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=4, batch_wait=5.0,
                                  max_batch_entries=32, request_timeout=20.0)
     world = World(seed=4, clients=2, config=config)

@@ -587,6 +587,12 @@ class Replica:
             self._remember_verified(message.digest)
         quorum, n = self.manifest.quorum, self.manifest.n
         orderable, wake = 0, False
+        # The batcher counts only current votes (the projected model versions, no convicted
+        # node). With no model update pending or in flight, the projected versions are the
+        # executed ones; otherwise, or with a convicted node, wake it rather than count.
+        versions = None if self.convicted or self._updates or any(
+            slot.batch.updates for seq, slot in self._slots.items() if seq > self.state.seq
+        ) else self.state.versions
         for vote in message.votes:
             known = self._votes.get(vote.request)
             if known is None:
@@ -604,7 +610,10 @@ class Replica:
                 count = len(known.by_node)
                 if count >= quorum:
                     self._voted[vote.request] = None
-                    if old is not None:
+                    if versions is None or any(m.model_version != versions[voter]
+                                               for voter, (m, _, _) in known.by_node.items()):
+                        wake = True  # some votes may not count: let the batcher look
+                    elif old is not None:
                         wake = True  # a vote of another version replaced: look again
                     elif count >= n or vote.request in self._expired:
                         orderable += 1  # it may go in the next batch now
@@ -790,6 +799,8 @@ class Replica:
             # requests until one of them is (then _check_prepared proposes again).
             self._short = (largest - len(batch.requests), len(batch.votes))
             self._newly_orderable, self._paced = 0, True
+            if BATCH_WAIT in self._running:
+                self._cancel_timer(BATCH_WAIT)  # a fill-wait's timer must not cut it short
             return True
         in_flight = seq - self.state.seq - 1
         beyond = max(0, in_flight - self.config.eager_depth)
@@ -1026,8 +1037,6 @@ class Replica:
             return
         slot.prepared = True
         self._prepare_successor(seq)
-        if self._paced:
-            self._propose()  # the batch held back for this one goes now
         proof = PreparedProof(slot.view, seq, slot.batch, matching)
         self._prepared[seq] = proof
         self.ledger.save_prepared(proof)
@@ -1036,6 +1045,8 @@ class Replica:
             message = Commit(statement, self.key.sign(statement.encoded))
             self._broadcast(message)
             self._on_commit(message, verified=True)
+        if self._paced:
+            self._propose()  # the batch held back for this one goes now (after our COMMIT)
 
     def _on_commit(self, message: Commit, verified: bool = False) -> None:
         s = message.statement
