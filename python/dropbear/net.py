@@ -293,24 +293,31 @@ class Outbox:
         fd = self._fd if fd is None else fd
         assert fd is not None
         while self._frames and self._unsent is None:
-            if until is not None and self._frames[0][0] > until:
-                return
             data = _join(self._frames, until)
-            try:
-                written = os.write(fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError as error:
-                self._failed = error
-                self._wake.unpark_all()
+            if not data:
+                return  # the next frame is not due yet
+            written = self._write(fd, data)
+            if written is None:
                 return
-            now = trio.current_time()
-            if written:
-                self.last_write = now
             if written < len(data):
                 self._unsent = memoryview(data)[written:]
-                self._unsent_since = now
+                self._unsent_since = trio.current_time()
                 self._wake.unpark_all()
+
+    def _write(self, fd: int, data: bytes | memoryview) -> int | None:
+        """Writes what the socket takes of ``data`` at once; None when the write failed
+        (kept in ``_failed``: the writer task ends the connection)."""
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            self._failed = error
+            self._wake.unpark_all()
+            return None
+        if written:
+            self.last_write = trio.current_time()
+        return written
 
     def _attach(self, fd: int | None) -> None:
         """Binds the queue to a connection's socket (None: detached, for delayed links and
@@ -334,11 +341,6 @@ def _join(frames: deque[tuple[float, bytes]], until: float | None = None) -> byt
     return b"".join(parts)
 
 
-def _raise_failed(outbox: Outbox) -> None:
-    if outbox._failed is not None:
-        raise NetError(f"write failed: {outbox._failed}")
-
-
 async def _write_loop(fd: int, outbox: Outbox, delay_s: float = 0.0) -> None:
     """The connection's writer: finishes writes cut short, sends a delayed link's frames
     ``delay_s`` after they were queued, and a heartbeat whenever nothing was written for
@@ -346,20 +348,16 @@ async def _write_loop(fd: int, outbox: Outbox, delay_s: float = 0.0) -> None:
     outbox._attach(None if delay_s else fd)
     try:
         while True:
-            _raise_failed(outbox)
+            if outbox._failed is not None:
+                raise NetError(f"write failed: {outbox._failed}")
             if outbox._unsent is not None:
                 # One deadline for the whole write, however slowly the peer drains it.
                 with trio.fail_at(outbox._unsent_since + NET_FRAME_TIMEOUT_S):
                     await trio.lowlevel.wait_writable(fd)
-                try:
-                    written = os.write(fd, outbox._unsent)
-                except BlockingIOError:
-                    continue
-                except OSError as error:
-                    raise NetError(f"write failed: {error}") from None
-                outbox.last_write = trio.current_time()
-                rest = outbox._unsent[written:]
-                outbox._unsent = rest if len(rest) else None
+                written = outbox._write(fd, outbox._unsent)
+                if written:
+                    rest = outbox._unsent[written:]
+                    outbox._unsent = rest if len(rest) else None
                 continue
             if outbox._frames:
                 if delay_s:

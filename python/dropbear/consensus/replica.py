@@ -587,12 +587,9 @@ class Replica:
             self._remember_verified(message.digest)
         quorum, n = self.manifest.quorum, self.manifest.n
         orderable, wake = 0, False
-        # The batcher counts only current votes (the projected model versions, no convicted
-        # node). With no model update pending or in flight, the projected versions are the
-        # executed ones; otherwise, or with a convicted node, wake it rather than count.
-        versions = None if self.convicted or self._updates or any(
-            slot.batch.updates for seq, slot in self._slots.items() if seq > self.state.seq
-        ) else self.state.versions
+        # Only the primary holding a batch back counts (see _after_new_work).
+        counting = self.active and self.primary == self.me and self._short is not None
+        versions = self._countable_versions() if counting else None
         for vote in message.votes:
             known = self._votes.get(vote.request)
             if known is None:
@@ -610,6 +607,8 @@ class Replica:
                 count = len(known.by_node)
                 if count >= quorum:
                     self._voted[vote.request] = None
+                    if not counting:
+                        continue
                     if versions is None or any(m.model_version != versions[voter]
                                                for voter, (m, _, _) in known.by_node.items()):
                         wake = True  # some votes may not count: let the batcher look
@@ -619,7 +618,18 @@ class Replica:
                         orderable += 1  # it may go in the next batch now
                     elif count == quorum:
                         wake = True  # the batcher starts its wait for the rest (VOTE_WAIT)
-        self._after_new_work(orderable=None if wake else orderable)
+        self._after_new_work(orderable=None if wake or not counting else orderable)
+
+    def _countable_versions(self) -> list[bytes] | None:
+        """The model versions the batcher counts votes by, when new votes may be counted
+        instead of assembling a held-back batch again (see :meth:`_after_new_work`): the
+        executed versions, while no model update is pending or in flight and no node is
+        convicted (the batcher counts only current votes, of no convicted node); else None,
+        and any request that reaches a quorum wakes the batcher."""
+        if self.convicted or self._updates or any(
+                slot.batch.updates for seq, slot in self._slots.items() if seq > self.state.seq):
+            return None
+        return self.state.versions
 
     def _on_update(self, update: ModelUpdate, local: bool) -> None:
         node = update.node
