@@ -283,6 +283,38 @@ def test_fast_buckets_run_in_place_and_one_that_turns_slow_goes_back_to_threads(
     assert 1 not in servable.inline and {2, 4, 8} <= servable.inline
 
 
+def test_a_slow_first_run_does_not_keep_a_fast_bucket_off_the_event_loop(model, monkeypatch):
+    # A bucket's first run pays one-time costs (a digit model's is 10-40x its steady run);
+    # timing only that run used to send every small model's buckets to worker threads.
+    limit = 0.02
+    monkeypatch.setattr(executor_module, "INFERENCE_INLINE_MAX_S", limit)
+    executor = Executor(model, max_batch_size=4)
+    servable = executor._current
+    calls: dict[int, int] = {}
+    real_run = servable.run
+
+    def first_run_slow(factor):
+        def run(batch):
+            calls[len(batch)] = calls.get(len(batch), 0) + 1
+            if calls[len(batch)] == 1:
+                time.sleep(factor * limit)
+            return real_run(batch)
+        return run
+
+    servable.run = first_run_slow(10)
+    timings = servable.time_buckets()
+    assert servable.inline == {1, 2, 4}
+    assert all(t < limit for t in timings.values())
+    assert all(n >= 2 for n in calls.values())
+    # A first run past _RETIME_FIRST_RUN_UNDER times the limit is a large model's: run once.
+    calls.clear()
+    servable.run = first_run_slow(executor_module._RETIME_FIRST_RUN_UNDER + 5)
+    monkeypatch.setattr(executor_module, "INFERENCE_INLINE_MAX_S", limit / 10)
+    limit /= 10
+    timings = servable.time_buckets()
+    assert calls == {1: 1, 2: 1, 4: 1} and servable.inline == frozenset()
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [

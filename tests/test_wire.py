@@ -1,5 +1,6 @@
 """Wire: canonical round trips; random and mutated bytes raise WireError only."""
 
+import dataclasses
 import struct
 
 import pytest
@@ -171,7 +172,29 @@ def test_mutated_bytes_never_crash(message, flips, cut):
         decoded = wire.decode(bytes(data))
     except WireError:
         return
-    assert decoded.encoded == bytes(data)  # whatever decodes is canonical
+    assert decoded.encoded == bytes(data)
+    # Whatever decodes is canonical: encoding its fields afresh (decoding keeps the bytes
+    # it read as the body, the statement and the entries: they must be the encoding).
+    assert rebuilt(decoded).encoded == bytes(data)
+
+
+def rebuilt(value):
+    """A deep copy of a decoded value made from its fields alone, so nothing cached on
+    decoding (bodies, encodings) carries over."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return type(value)(**{f.name: rebuilt(getattr(value, f.name))
+                              for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, tuple):
+        return tuple(rebuilt(v) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_decoded_messages_keep_the_bytes_they_were_read_from(message):
+    again = wire.decode(message.encoded)
+    fresh = rebuilt(again)
+    assert "body" not in vars(fresh) and fresh.encoded == message.encoded
+    assert again.body == fresh.body and again.digest == fresh.digest
 
 
 @given(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -116,6 +117,13 @@ class Writer:
 
     def fixed(self, data: bytes, size: int, what: str) -> None:
         self._parts.append(bytes(_sized(data, size, what)))
+
+    def fixed_many(self, items: Sequence[bytes], size: int, what: str) -> None:
+        """Fields of ``size`` bytes each, back to back (one append for all of them)."""
+        for data in items:
+            if len(data) != size:
+                raise WireError(f"{what} is {len(data)} bytes, expected {size}")
+        self._parts.append(b"".join(items))
 
     def record(self, fmt: struct.Struct, what: str, *values: Any) -> None:
         """Several fixed-width fields at once. ``fmt`` pads short byte strings, so callers
@@ -230,6 +238,10 @@ class Reader:
             raise WireError(f"truncated {what}: need {fmt.size} bytes at offset {start}")
         return fmt.unpack_from(self._data, start)[0]
 
+    def since(self, start: int) -> bytes:
+        """The bytes read from offset ``start`` up to the current offset."""
+        return bytes(self._data[start : self._pos])
+
     def end(self, what: str) -> None:
         if self._pos != len(self._data):
             raise WireError(f"{len(self._data) - self._pos} trailing bytes after {what}")
@@ -303,7 +315,11 @@ class Message:
 
     def signed(self, key: _core.SigningKey) -> Self:
         """A copy signed with ``key``."""
-        return dataclasses.replace(self, signature=key.sign(self.body))  # type: ignore[call-arg]
+        body = self.body
+        signed = dataclasses.replace(self, signature=key.sign(body))  # type: ignore[call-arg]
+        if isinstance(getattr(type(signed), "body", None), cached_property):
+            signed.__dict__["body"] = body  # the same fields but the signature: the same body
+        return signed
 
     def verify(self, public_key: bytes) -> bool:
         """Whether the signature verifies under ``public_key`` (False for malformed keys)."""
@@ -328,14 +344,20 @@ class Message:
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
+        start = r.offset
         group_id = read_header(r, cls.KIND)
         fields = cls._read_body(r, group_id)
+        body = r.since(start)
         fields["signature"] = r.fixed(SIGNATURE_BYTES, "signature")
         fields.update(cls._read_tail(r))
         try:
-            return cls(**fields)
+            message = cls(**fields)
         except (TypeError, ValueError) as error:
             raise WireError(f"invalid {cls.KIND.name}: {error}") from None
+        # Decoding is canonical (the one encoding of these fields; tests/test_wire.py
+        # re-encodes whatever decodes): the body read is the body, not encoded again.
+        message.__dict__["body"] = body
+        return message
 
     @classmethod
     def _read_tail(cls, r: Reader) -> dict[str, Any]:
@@ -366,7 +388,9 @@ class DecodeMemo:
         """At most ``limit`` entries and ``limit_bytes`` of memory (see :func:`_memo_cost`)."""
         self.limit = limit
         self.limit_bytes = limit_bytes
-        self._items: dict[bytes, Message] = {}
+        # An OrderedDict: evicting its oldest entry is O(1); a dict's ``next(iter(d))``
+        # scans past every slot deleted since its last resize (9 us a put at 16,384).
+        self._items: OrderedDict[bytes, Message] = OrderedDict()
         self._bytes = 0
         self.hits = 0
 
@@ -385,8 +409,7 @@ class DecodeMemo:
             return
         while self._items and (len(self._items) >= self.limit
                                or self._bytes + cost > self.limit_bytes):
-            oldest = next(iter(self._items))
-            del self._items[oldest]
+            oldest, _ = self._items.popitem(last=False)
             self._bytes -= _memo_cost(oldest)
         self._items[data] = message
         self._bytes += cost
@@ -649,8 +672,9 @@ class Statement:
 
     @classmethod
     def read(cls, r: Reader, kind: Kind) -> Statement:
+        start = r.offset
         group_id = read_header(r, kind)
-        return cls(
+        statement = cls(
             kind,
             group_id,
             _node(r),
@@ -659,6 +683,8 @@ class Statement:
             r.u32("size"),
             r.fixed(DIGEST_BYTES, "statement digest"),
         )
+        statement.__dict__["encoded"] = r.since(start)  # canonical: as in Message._read
+        return statement
 
     @classmethod
     def decode(cls, data: bytes) -> Statement:
@@ -1129,9 +1155,11 @@ class RequestEntry:
         if reached not in (0, 1):
             raise WireError(f"reached byte {reached} is not 0 or 1")
         r.end("entry")
+        nodes = [v.node for v in votes]
+        if nodes != sorted(set(nodes)):
+            raise WireError(f"entry votes not in increasing node order {nodes}")
         entry = cls(request, client, request_id, tuple(votes), label, threshold, reached == 1)
-        if entry.encoded != bytes(data):
-            raise WireError("entry is not in canonical form")
+        entry.__dict__["encoded"] = bytes(data)  # canonical: every field read strictly
         return entry
 
 
@@ -1150,8 +1178,7 @@ def _write_proof(w: Writer, proof: Sequence[bytes]) -> None:
     if len(proof) > MAX_PROOF_HASHES:
         raise WireError(f"{len(proof)} proof hashes")
     w.u8(len(proof))
-    for h in proof:
-        w.fixed(h, DIGEST_BYTES, "proof hash")
+    w.fixed_many(proof, DIGEST_BYTES, "proof hash")
 
 
 def _read_proof(r: Reader) -> tuple[bytes, ...]:
@@ -1162,8 +1189,11 @@ def _read_proof(r: Reader) -> tuple[bytes, ...]:
 def _write_commit_signatures(w: Writer, signatures: Sequence[tuple[int, bytes]]) -> None:
     w.u16(len(signatures))
     for node, signature in signatures:
-        w.u16(node)
-        w.fixed(signature, SIGNATURE_BYTES, "commit signature")
+        w.record(_COMMIT_SIGNATURE, "commit signature", node,
+                 _sized(signature, SIGNATURE_BYTES, "commit signature"))
+
+
+_COMMIT_SIGNATURE = struct.Struct(">H64s")
 
 
 def _read_commit_signatures(r: Reader) -> tuple[tuple[int, bytes], ...]:
@@ -1193,13 +1223,12 @@ class Certificate:
     @cached_property
     def encoded(self) -> bytes:
         w = Writer()
-        header(w, Kind.CERTIFICATE, self.group_id)
-        w.u64(self.view)
-        w.u64(self.seq)
-        w.u32(self.tree_size)
-        w.u32(self.leaf_index)
-        w.fixed(self.root, DIGEST_BYTES, "root")
-        w.blob(self.entry.encoded)
+        entry = self.entry.encoded
+        w.record(_CERTIFICATE_HEAD, "certificate", VERSION, Kind.CERTIFICATE,
+                 _sized(self.group_id, DIGEST_BYTES, "group id"), self.view, self.seq,
+                 self.tree_size, self.leaf_index, _sized(self.root, DIGEST_BYTES, "root"),
+                 len(entry))
+        w.fixed(entry, len(entry), "entry")
         _write_proof(w, self.proof)
         _write_commit_signatures(w, self.signatures)
         return w.getvalue()
@@ -1230,9 +1259,15 @@ class Certificate:
         )
 
 
+_CERTIFICATE_HEAD = struct.Struct(">BB32sQQII32sI")
+"""A certificate up to its entry's bytes: version, kind, group id, view, seq, tree size,
+leaf index, root, entry length."""
+
 MAX_REPLY_ITEMS = MAX_BATCH_ENTRIES
 """Certificates in one REPLY: at most the entries of one batch."""
 _REPLY_PEEK = struct.Struct(">BB32sHQQI32sH")
+_REPLY_ITEM_HEAD = struct.Struct(">II")
+"""A REPLY item up to its entry's bytes: leaf index, entry length."""
 
 
 @dataclass(frozen=True)
@@ -1317,14 +1352,15 @@ class Reply(Message):
         if len(self.items) > MAX_REPLY_ITEMS:
             raise WireError(f"{len(self.items)} certificates in a reply")
         w.u16(len(self.items))
-        for item in self.items:
-            w.u64(item.entry.request_id)
+        w.record(struct.Struct(f">{len(self.items)}Q"), "request ids",
+                 *(item.entry.request_id for item in self.items))
         if len(self.signatures) > MAX_NODES:
             raise WireError(f"{len(self.signatures)} commit signatures")
         _write_commit_signatures(w, self.signatures)
         for item in self.items:
-            w.u32(item.leaf_index)
-            w.blob(item.entry.encoded)
+            entry = item.entry.encoded
+            w.record(_REPLY_ITEM_HEAD, "reply item", item.leaf_index, len(entry))
+            w.fixed(entry, len(entry), "entry")
             _write_proof(w, item.proof)
 
     @classmethod
