@@ -95,3 +95,32 @@ def test_the_slot_table_knows_the_requests_its_slots_hold(steps):
             assert "slot table changes only by" in str(error)
         else:
             raise AssertionError("a slot table must refuse changes it cannot follow")
+
+
+def test_derive_takes_each_nodes_vote_once_and_refuses_two_different_ones():
+    import pytest
+    from dropbear.consensus.state import BatchError, derive
+    from dropbear.wire import Batch, Vote, Votes
+
+    heads = [Request.create(CLIENTS[0], M.group_id, i, "uint8", (1,), b"\x00").header
+             for i in range(2)]
+    ordered, other = heads[0].digest, heads[1].digest
+
+    def votes(node, *cast):
+        return Votes(M.group_id, node, M.nodes[node].model_version,
+                     tuple(Vote(d, label, 0.5) for d, label in cast)).signed(GROUP.node_keys[node])
+
+    agreeing = [votes(n, (ordered, 1), (other, 2)) for n in range(3)]
+    derived = derive(Batch((heads[0],), tuple(agreeing)), M)
+    [e] = derived.entries
+    assert [(v.node, v.model_version, v.label) for v in e.votes] == [
+        (n, M.nodes[n].model_version, 1) for n in range(3)]
+    # A repeat of the same vote (in a second VOTES message) collapses into one.
+    repeat = votes(0, (ordered, 1))
+    assert derive(Batch((heads[0],), (*agreeing, repeat)), M).entries == derived.entries
+    # Two different votes of one node for one request: no honest primary proposes that,
+    # whether or not the batch orders the request.
+    for digest in (ordered, other):
+        changed = votes(0, (digest, 7))
+        with pytest.raises(BatchError, match="node 0 gives two votes"):
+            derive(Batch((heads[0],), (*agreeing, changed)), M)

@@ -254,3 +254,12 @@ def test_pre_prepare_decodes_the_same_with_its_parts_seen_before():
     warm = wire.decode(pre.encoded)
     assert warm == cold == pre
     assert warm.batch.requests[0] is wire.decode(pre.encoded).batch.requests[0]
+
+
+def test_certificates_encoded_together_are_each_encoded_alone():
+    certs = list(reply_sample().certificates)
+    other = dataclasses.replace(certs[0], signatures=certs[0].signatures[:2])
+    alone = [rebuilt(c).encoded for c in [*certs, other]]
+    wire.Certificate.encode_all([*certs, other])
+    assert [c.encoded for c in [*certs, other]] == alone
+    assert [wire.Certificate.decode(data) for data in alone] == [*certs, other]

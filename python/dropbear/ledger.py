@@ -380,6 +380,7 @@ class SqliteLedger:
         """Stores certificates (one statement for all of them); a request's first stays."""
         if not certs:
             return
+        Certificate.encode_all(certs)
         rows = [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index, c.entry.request,
                  c.entry.label, int(c.entry.reached), c.encoded) for c in certs]
         with self._write(f"{len(rows)} certificates") as db:

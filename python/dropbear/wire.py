@@ -256,13 +256,15 @@ def header(w: Writer, kind: Kind, group_id: bytes) -> None:
 
 def read_header(r: Reader, kind: Kind) -> bytes:
     """Reads and checks the version and kind bytes; returns the group id."""
-    version = r.u8("version")
+    version, got, group_id = r.record(_HEADER, "header (version, kind, group id)")
     if version != VERSION:
         raise WireError(f"unknown version {version}, expected {VERSION}")
-    got = r.u8("kind")
     if got != kind:
         raise WireError(f"kind {got:#04x}, expected {kind.name} ({kind:#04x})")
-    return r.fixed(DIGEST_BYTES, "group id")
+    return group_id  # type: ignore[no-any-return]
+
+
+_HEADER = struct.Struct(">BB32s")
 
 
 def _node(r: Reader, what: str = "node") -> int:
@@ -475,11 +477,10 @@ class RequestHeader(Message):
 
     @classmethod
     def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
-        client = r.fixed(KEY_BYTES, "client key")
-        request_id = r.u64("request id")
+        client, request_id = r.record(_CLIENT_AND_ID, "client key and request id")
         dtype = r.text("dtype")
         rank = r.count("rank", MAX_INPUT_RANK, width=1)
-        shape = tuple(r.u32("dimension") for _ in range(rank))
+        shape = r.record(_SHAPES[rank], "shape")
         input_digest = r.fixed(DIGEST_BYTES, "input digest")
         return dict(
             group_id=group_id,
@@ -489,6 +490,10 @@ class RequestHeader(Message):
             shape=shape,
             input_digest=input_digest,
         )
+
+
+_CLIENT_AND_ID = struct.Struct(f">{KEY_BYTES}sQ")
+_SHAPES = [struct.Struct(f">{rank}I") for rank in range(MAX_INPUT_RANK + 1)]
 
 
 @dataclass(frozen=True)
@@ -1196,6 +1201,12 @@ def _write_commit_signatures(w: Writer, signatures: Sequence[tuple[int, bytes]])
 _COMMIT_SIGNATURE = struct.Struct(">H64s")
 
 
+def _commit_signatures_bytes(signatures: Sequence[tuple[int, bytes]]) -> bytes:
+    w = Writer()
+    _write_commit_signatures(w, signatures)
+    return w.getvalue()
+
+
 def _read_commit_signatures(r: Reader) -> tuple[tuple[int, bytes], ...]:
     return tuple((_node(r), r.fixed(SIGNATURE_BYTES, "commit signature"))
                  for _ in range(r.count("signature count", MAX_NODES, width=2)))
@@ -1222,6 +1233,21 @@ class Certificate:
 
     @cached_property
     def encoded(self) -> bytes:
+        return self._encode(_commit_signatures_bytes(self.signatures))
+
+    @staticmethod
+    def encode_all(certificates: Sequence[Certificate]) -> None:
+        """Encodes every certificate (as :attr:`encoded` would); the certificates of one
+        batch share their commit signatures, which are encoded once for all of them."""
+        tails: dict[tuple[tuple[int, bytes], ...], bytes] = {}
+        for cert in certificates:
+            if "encoded" not in cert.__dict__:
+                tail = tails.get(cert.signatures)
+                if tail is None:
+                    tail = tails[cert.signatures] = _commit_signatures_bytes(cert.signatures)
+                cert.__dict__["encoded"] = cert._encode(tail)
+
+    def _encode(self, signatures: bytes) -> bytes:
         w = Writer()
         entry = self.entry.encoded
         w.record(_CERTIFICATE_HEAD, "certificate", VERSION, Kind.CERTIFICATE,
@@ -1230,7 +1256,7 @@ class Certificate:
                  len(entry))
         w.fixed(entry, len(entry), "entry")
         _write_proof(w, self.proof)
-        _write_commit_signatures(w, self.signatures)
+        w.fixed(signatures, len(signatures), "commit signatures")
         return w.getvalue()
 
     @classmethod

@@ -61,14 +61,16 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
     the caller.
     """
     gid = manifest.group_id
-    by_request: dict[bytes, dict[int, EntryVote]] = {}
+    # node -> (model version, label, score) per request; EntryVotes are made only for the
+    # requests the batch orders (its VOTES also carry votes for others).
+    by_request: dict[bytes, dict[int, tuple[bytes, int, float]]] = {}
     for message in batch.votes:
         node, version = message.node, message.model_version
         if message.group_id != gid or node >= manifest.n:
             raise BatchError(f"VOTES of node {node} is not of this group")
         for vote in message.votes:
             votes = by_request.setdefault(vote.request, {})
-            cast = EntryVote(node, version, vote.label, vote.score)
+            cast = (version, vote.label, vote.score)
             known = votes.setdefault(node, cast)
             if known is not cast and known != cast:
                 raise BatchError(f"node {node} gives two votes for {vote.request.hex()}")
@@ -83,7 +85,8 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
         votes = by_request.get(header.digest, {})
         if len(votes) < manifest.quorum:
             raise BatchError(f"request {header.digest.hex()} has {len(votes)} votes")
-        entries.append(make_entry(header, list(votes.values()), manifest.threshold))
+        cast_votes = [EntryVote(node, *cast) for node, cast in votes.items()]
+        entries.append(make_entry(header, cast_votes, manifest.threshold))
     for update in batch.updates:
         if update.group_id != gid or update.node >= manifest.n:
             raise BatchError(f"update of node {update.node} is not of this group")
