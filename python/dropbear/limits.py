@@ -121,9 +121,11 @@ PIPELINE_DEPTH = 16
 """Batches the primary keeps in flight beyond the last executed one."""
 VOTE_WAIT = 0.02
 """Seconds the primary waits, past 2f+1 votes, for the remaining nodes' votes."""
-EAGER_DEPTH = 2
-"""Batches in flight below which the primary proposes whatever is ready at once."""
-BATCH_FILL = 16
+EAGER_DEPTH = 1
+"""Batches in flight below which the primary proposes whatever is ready at once (1: a
+batch goes at once while nothing is in flight; 1 and 32 beat 2 and 16 in interleaved A/B
+runs at saturation, at 200 req/s and over three sites, see benches/README.md)."""
+BATCH_FILL = 32
 """Past EAGER_DEPTH batches in flight, a batch of fewer requests (BATCH_FILL more for each
 further batch in flight, up to MAX_BATCH_ENTRIES) waits for more..."""
 BATCH_WAIT = 0.02
