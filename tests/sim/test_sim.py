@@ -331,3 +331,24 @@ def test_a_batch_held_for_the_prepare_phase_goes_as_soon_as_its_predecessor_is_p
     assert [node.replica.view for node in world.nodes] == [0] * len(world.nodes)
     assert world.nodes[0].ledger.last_seq() > 2  # several batches, so pacing was at work
     assert released
+
+
+@pytest.mark.parametrize("schedule", range(60))
+def test_the_batcher_scans_exactly_the_voted_requests_not_in_flight(schedule, monkeypatch):
+    """``_unproposed`` (what the ordering batcher scans) is ``_voted`` without the requests
+    in a slot, in ``_voted``'s order, through faults, view changes and catch-up."""
+    from dropbear.consensus import replica as replica_module
+
+    assemble = replica_module.Replica._assemble
+    checks = []
+
+    def checked(self, projected):
+        expected = [d for d in self._voted if d not in self._slots.requests]
+        got = assemble(self, projected)  # it brings _unproposed up to date first
+        assert list(self._unproposed) == expected, schedule
+        checks.append(len(expected))
+        return got
+
+    monkeypatch.setattr(replica_module.Replica, "_assemble", checked)
+    run(schedule)
+    assert checks and any(checks)

@@ -12,6 +12,7 @@ executed in sequence order, each valid entry certified and replied.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -130,18 +131,25 @@ class Slot:
 
 class _SlotTable(dict[int, Slot]):
     """The slots of the current view by sequence number, and the requests they hold
-    (``requests``: digest -> how many slots hold it), kept as slots come and go."""
+    (``requests``: digest -> how many slots hold it), kept as slots come and go.
+    ``held(digest)`` is called when a request enters its first slot, ``released(digest)``
+    when it leaves its last one."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: Callable[[bytes], None], released: Callable[[bytes], None]
+                 ) -> None:
         super().__init__()
         self.requests: dict[bytes, int] = {}
+        self._held, self._released = held, released
 
     def __setitem__(self, seq: int, slot: Slot) -> None:
         if seq in self:
             self._forget(super().__getitem__(seq))
         super().__setitem__(seq, slot)
         for header in slot.derived.headers:
-            self.requests[header.digest] = self.requests.get(header.digest, 0) + 1
+            count = self.requests.get(header.digest, 0)
+            self.requests[header.digest] = count + 1
+            if not count:
+                self._held(header.digest)
 
     def __delitem__(self, seq: int) -> None:
         self._forget(super().__getitem__(seq))
@@ -156,6 +164,8 @@ class _SlotTable(dict[int, Slot]):
 
     def clear(self) -> None:
         super().clear()
+        for digest in self.requests:
+            self._released(digest)
         self.requests.clear()
 
     def _unsupported(self, *args: object, **kwargs: object) -> NoReturn:
@@ -170,6 +180,7 @@ class _SlotTable(dict[int, Slot]):
                 self.requests[header.digest] = left
             else:
                 del self.requests[header.digest]
+                self._released(header.digest)
 
 
 @dataclass
@@ -228,7 +239,7 @@ class Replica:
         # log
         self.stable_seq = 0
         self._stable_proof: tuple[Checkpoint, ...] = ()
-        self._slots = _SlotTable()
+        self._slots = _SlotTable(held=self._on_held, released=self._on_released)
         self._early: dict[int, PrePrepare] = {}
         self._prepares: dict[tuple[int, int], dict[int, Prepare]] = {}
         self._commits: dict[tuple[int, int], dict[int, Commit]] = {}
@@ -245,8 +256,14 @@ class Replica:
         self._by_client: dict[bytes, set[bytes]] = {}
         self._votes: OrderedDict[bytes, _Votes] = OrderedDict()
         self._voted: OrderedDict[bytes, None] = OrderedDict()
-        """Requests with votes from 2f+1 nodes (of any version), in the order they got them:
-        the only ones the ordering batcher looks at (a subset of ``_votes``' keys)."""
+        """Requests with votes from 2f+1 nodes (of any version), in the order they got them
+        (a subset of ``_votes``' keys)."""
+        self._unproposed: OrderedDict[bytes, None] = OrderedDict()
+        """``_voted`` less the requests in a slot, in the same order: the only ones the
+        ordering batcher looks at (under load most of ``_voted`` is in flight). A request
+        leaving its last slot unexecuted goes to ``_released``, and the next assembly puts
+        it back in its place (see :meth:`_unproposed_now`)."""
+        self._released: set[bytes] = set()
         self._my_votes: dict[bytes, Votes] = {}
         self._projection: _Projection | None = None
         """The last :meth:`_projected` state (see there)."""
@@ -594,7 +611,9 @@ class Replica:
             known = self._votes.get(vote.request)
             if known is None:
                 if len(self._votes) >= L.MAX_PENDING_REQUESTS:
-                    self._voted.pop(self._votes.popitem(last=False)[0], None)
+                    evicted = self._votes.popitem(last=False)[0]
+                    self._voted.pop(evicted, None)
+                    self._unproposed.pop(evicted, None)
                 known = self._votes[vote.request] = _Votes()
             old = known.by_node.get(node)
             if old is not None and old[0].model_version == message.model_version:
@@ -607,6 +626,8 @@ class Replica:
                 count = len(known.by_node)
                 if count >= quorum:
                     self._voted[vote.request] = None
+                    if vote.request not in self._slots.requests:
+                        self._unproposed[vote.request] = None
                     if not counting:
                         continue
                     if versions is None or any(m.model_version != versions[voter]
@@ -829,6 +850,24 @@ class Replica:
         return sum(1 for s in range(self.state.seq + 1, seq)
                    if (slot := slots.get(s)) is not None and not slot.prepared)
 
+    def _on_held(self, digest: bytes) -> None:
+        self._unproposed.pop(digest, None)
+        self._released.discard(digest)
+
+    def _on_released(self, digest: bytes) -> None:
+        self._released.add(digest)
+
+    def _unproposed_now(self) -> OrderedDict[bytes, None]:
+        """``_unproposed``, first rebuilt from ``_voted`` if a request left its last slot
+        and is still to be ordered (a view change; an executed request is forgotten)."""
+        if self._released:
+            in_flight = self._slots.requests
+            if any(d in self._voted and d not in in_flight for d in self._released):
+                self._unproposed = OrderedDict(
+                    (d, None) for d in self._voted if d not in in_flight)
+            self._released.clear()
+        return self._unproposed
+
     def _assemble(self, projected: GroupState) -> tuple[Batch, bool] | None:
         """The next batch: ready requests (2f+1 current votes; all n or the wait is over)
         and pending model updates; and whether a limit (entries, VOTES messages) cut it
@@ -837,7 +876,7 @@ class Replica:
         quorum, n = self.manifest.quorum, self.manifest.n
         headers, messages, used = [], {}, set()
         full = False
-        for digest in self._voted:
+        for digest in self._unproposed_now():
             if len(headers) >= self.config.max_batch_entries:
                 full = True
                 break
@@ -1185,6 +1224,7 @@ class Replica:
         self._requests.pop(digest, None)
         self._votes.pop(digest, None)
         self._voted.pop(digest, None)
+        self._unproposed.pop(digest, None)
         self._my_votes.pop(digest, None)
         self._waiting.discard(digest)
         self._expired.discard(digest)
