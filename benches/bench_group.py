@@ -86,7 +86,7 @@ def test_ordering_cost_null_model(benchmark, role, targets, inputs, side):
     of 256: 64 per client key). Issue target: 5,000 certified req/s."""
     benchmark.group = "ordering cost (null model, n=4)"
     target = targets("plain:n=4,null=1" if side == "baseline" else "group:n=4,null=1")
-    measure(benchmark, role, side, target, inputs, closed=256, requests=2000)
+    measure(benchmark, role, side, target, inputs, closed=256, requests=5000)
 
 
 # --- overhead against unreplicated serving: digit models ------------------------------------
@@ -98,7 +98,7 @@ def test_overhead_saturated(benchmark, role, targets, inputs, side):
     against the certified group, both saturated by a closed loop of 256."""
     benchmark.group = "overhead vs unreplicated (digits, closed 256)"
     target = targets("plain:n=4" if side == "baseline" else "group:n=4")
-    measure(benchmark, role, side, target, inputs, closed=256, requests=1500)
+    measure(benchmark, role, side, target, inputs, closed=256, requests=3000)
 
 
 @pytest.mark.parametrize("side", ["baseline", "dropbear"])
