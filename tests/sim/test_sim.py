@@ -352,3 +352,19 @@ def test_the_batcher_scans_exactly_the_voted_requests_not_in_flight(schedule, mo
     monkeypatch.setattr(replica_module.Replica, "_assemble", checked)
     run(schedule)
     assert checks and any(checks)
+
+
+def test_requests_leaving_their_slots_are_not_kept_on_backups():
+    """A backup never assembles, so what it notes for the next assembly (``_released``)
+    must stay within the voted requests, not grow with every request it executes."""
+    from .world import World
+
+    world = World(1, 4, clients=2)
+    for i in range(300):
+        world.at(i * 0.01, lambda c=i % 2: world.submit(c))
+    world.run_until(60.0, stop=world.all_certified)
+    assert world.all_certified()
+    for node in world.nodes:
+        replica = node.replica
+        assert replica._released <= set(replica._voted), replica.me
+        assert len(replica._voted) <= 2, replica.me

@@ -260,9 +260,10 @@ class Replica:
         (a subset of ``_votes``' keys)."""
         self._unproposed: OrderedDict[bytes, None] = OrderedDict()
         """``_voted`` less the requests in a slot, in the same order: the only ones the
-        ordering batcher looks at (under load most of ``_voted`` is in flight). A request
-        leaving its last slot unexecuted goes to ``_released``, and the next assembly puts
-        it back in its place (see :meth:`_unproposed_now`)."""
+        ordering batcher looks at (under load most of ``_voted`` is in flight). A voted
+        request leaving its last slot goes to ``_released`` (a subset of ``_voted``: an
+        executed one leaves it when forgotten), and the next assembly puts those still
+        voted back in their place (see :meth:`_unproposed_now`)."""
         self._released: set[bytes] = set()
         self._my_votes: dict[bytes, Votes] = {}
         self._projection: _Projection | None = None
@@ -614,6 +615,7 @@ class Replica:
                     evicted = self._votes.popitem(last=False)[0]
                     self._voted.pop(evicted, None)
                     self._unproposed.pop(evicted, None)
+                    self._released.discard(evicted)
                 known = self._votes[vote.request] = _Votes()
             old = known.by_node.get(node)
             if old is not None and old[0].model_version == message.model_version:
@@ -855,7 +857,8 @@ class Replica:
         self._released.discard(digest)
 
     def _on_released(self, digest: bytes) -> None:
-        self._released.add(digest)
+        if digest in self._voted:  # so _released stays within _voted (and its bound)
+            self._released.add(digest)
 
     def _unproposed_now(self) -> OrderedDict[bytes, None]:
         """``_unproposed``, first rebuilt from ``_voted`` if a request left its last slot
@@ -1225,6 +1228,7 @@ class Replica:
         self._votes.pop(digest, None)
         self._voted.pop(digest, None)
         self._unproposed.pop(digest, None)
+        self._released.discard(digest)
         self._my_votes.pop(digest, None)
         self._waiting.discard(digest)
         self._expired.discard(digest)
