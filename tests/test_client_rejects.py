@@ -110,7 +110,8 @@ async def test_a_request_is_resent_each_timeout_and_given_up_at_the_deadline() -
                     deadline=0.3)
     sent: list[int] = []
     for index, link in enumerate(client.links):  # no node answers: the links never connect
-        link.send = lambda frame, i=index: sent.append(i)  # type: ignore[method-assign]
+        link.outbox.put = (  # type: ignore[method-assign]
+            lambda frame, i=index: sent.append(i) is None)
     start = trio.current_time()
     try:
         await client.infer(np.zeros((8, 8, 1), np.float32))
