@@ -135,11 +135,12 @@ class _SlotTable(dict[int, Slot]):
     ``held(digest)`` is called when a request enters its first slot, ``released(digest)``
     when it leaves its last one."""
 
-    def __init__(self, held: Callable[[bytes], None], released: Callable[[bytes], None]
-                 ) -> None:
+    def __init__(self, held: Callable[[bytes], None] | None = None,
+                 released: Callable[[bytes], None] | None = None) -> None:
         super().__init__()
         self.requests: dict[bytes, int] = {}
-        self._held, self._released = held, released
+        self._held = held or (lambda digest: None)
+        self._released = released or (lambda digest: None)
 
     def __setitem__(self, seq: int, slot: Slot) -> None:
         if seq in self:
