@@ -71,14 +71,14 @@ def _slot(seq: int, requests: list[int]):
 def test_the_slot_table_knows_the_requests_its_slots_hold(steps):
     from dropbear.consensus.replica import _SlotTable
 
-    held: set[bytes] = set()  # what the held / released calls say is in some slot
+    in_slots: set[bytes] = set()  # what the held / released calls say is in some slot
 
     def on_held(digest: bytes) -> None:
-        assert digest not in held
-        held.add(digest)
+        assert digest not in in_slots
+        in_slots.add(digest)
 
     def on_released(digest: bytes) -> None:
-        held.remove(digest)
+        in_slots.remove(digest)
 
     table = _SlotTable(held=on_held, released=on_released)
     for op, seq, requests in steps:
@@ -96,7 +96,7 @@ def test_the_slot_table_knows_the_requests_its_slots_hold(steps):
             for head in slot.derived.headers:
                 expected[head.digest] = expected.get(head.digest, 0) + 1
         assert table.requests == expected
-        assert held == set(expected)
+        assert in_slots == set(expected)
     for change in (lambda: table.update({}), lambda: table.setdefault(1, None),
                    table.popitem, table.copy):
         try:
