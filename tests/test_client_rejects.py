@@ -122,3 +122,22 @@ async def test_a_request_is_resent_each_timeout_and_given_up_at_the_deadline() -
     assert 0.3 <= trio.current_time() - start < 1.0
     rounds = len(sent) // 4
     assert sorted(sent) == sorted(list(range(4)) * rounds) and 5 <= rounds <= 7
+
+
+async def test_a_started_client_writes_its_requests_within_a_scheduler_pass() -> None:
+    """Requests wait in the links' outboxes until the client's flush task writes them:
+    :meth:`Client.start` (which :meth:`Client.connect` and the CLI use) must run it."""
+    client = Client(GROUP.manifest, _core.SigningKey.generate(), request_timeout=5.0,
+                    deadline=5.0)
+    flushed: list[int] = []
+    for index, link in enumerate(client.links):
+        link.run = trio.sleep_forever  # type: ignore[method-assign]  # no network here
+        link.outbox.flush = (  # type: ignore[method-assign]
+            lambda i=index: flushed.append(i))
+    async with trio.open_nursery() as nursery:
+        client.start(nursery)
+        nursery.start_soon(client.infer, np.zeros((8, 8, 1), np.float32))
+        await trio.sleep(0.05)
+        assert sorted(flushed) == [0, 1, 2, 3]
+        assert [link.outbox.depth() for link in client.links] == [1, 1, 1, 1]
+        nursery.cancel_scope.cancel()

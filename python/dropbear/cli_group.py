@@ -256,8 +256,7 @@ def up(args: argparse.Namespace) -> int:
                         return
 
                 nursery.start_soon(stop_on_signal)
-                for link in client.links:
-                    nursery.start_soon(link.run)
+                client.start(nursery)
                 await nursery.start(group.run)
                 print(f"started {group.manifest.n} node processes; logs in {args.dir / 'logs'}")
                 await group.wait_ready(client)

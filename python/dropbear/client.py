@@ -95,14 +95,21 @@ class Client:
                       **kwargs: Any) -> AsyncIterator[Client]:
         client = cls(manifest, key, **kwargs)
         async with trio.open_nursery() as nursery:
-            for link in client.links:
-                nursery.start_soon(link.run)
-            nursery.start_soon(client._retry_loop)
-            nursery.start_soon(client._flush_loop)
+            client.start(nursery)
             try:
                 yield client
             finally:
                 nursery.cancel_scope.cancel()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Starts the client's tasks in ``nursery``: a link per node (connecting, and
+        reconnecting with backoff), the writer of queued requests and the re-sender of
+        refused ones. :meth:`connect` does it; call it when the client must live in a
+        nursery of your own. Requests are only sent while these tasks run."""
+        for link in self.links:
+            nursery.start_soon(link.run)
+        nursery.start_soon(self._retry_loop)
+        nursery.start_soon(self._flush_loop)
 
     def _authorize(self, peer: PeerIdentity) -> bool:
         return (

@@ -121,8 +121,7 @@ async def run(group_dir: Path) -> list[Phase]:
     client = Client(manifest, read_key(key_path(group_dir, "client")))
     phases = []
     async with trio.open_nursery() as nursery:
-        for link in client.links:
-            nursery.start_soon(link.run)
+        client.start(nursery)
         t = time.perf_counter()
         await nursery.start(group.run)
         print(f"Started {manifest.n} node processes (logs in {group_dir / 'logs'}); "
