@@ -7,7 +7,9 @@ generator run each, alternating, so that the machine's drift hits both sides ali
 Everything after ``--`` goes to ``loadgen.py`` (one load only). The old side runs from a
 ``git worktree`` of ``--old`` (made in a temporary directory and removed at the end) with
 the working tree's built extension copied in, so a change to the Rust code is not what
-this compares. Prints each run, then both sides' medians and the new/old ratios.
+this compares. Only ``python/`` differs between the sides: both run the working tree's
+``benches/`` (the load generator, the plain servers), so a change under ``benches/`` needs
+runs by hand. Prints each run, then both sides' medians and the new/old ratios.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in FIGURES:
         old = statistics.median(r[key] for r in results["old"])
         new = statistics.median(r[key] for r in results["new"])
-        better = sum((n[key] > o[key]) == (key == "throughput_rps")
+        higher_is_better = key == "throughput_rps"
+        better = sum((n[key] > o[key]) if higher_is_better else (n[key] < o[key])
                      for o, n in zip(results["old"], results["new"], strict=True))
         print(f"median {key}: old {old:.2f}  new {new:.2f}  new/old {new / old:.3f}  "
               f"(new better in {better} of {args.pairs} pairs)")

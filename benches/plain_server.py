@@ -139,7 +139,9 @@ class PlainClient:
             x, dtype=x.dtype.newbyteorder("<")).tobytes()
         try:
             for link in self.links:
-                link.outbox.put(frame)
+                if not link.outbox.put(frame):
+                    raise RuntimeError(f"request {request_id}: a server's send queue is full "
+                                       f"(NET_PEER_SEND_QUEUE); keep fewer requests in flight")
             self._flush_due.set()
             await done.wait()
         finally:

@@ -22,7 +22,7 @@ import trio
 
 from dropbear import control
 from dropbear.client import Client, ClientError
-from dropbear.deploy import MANIFEST_FILE, key_path, read_key
+from dropbear.deploy import MANIFEST_FILE
 from dropbear.manifest import Manifest
 
 NODE_STOP_GRACE_S = 5.0
@@ -129,11 +129,6 @@ async def _stop(process: trio.Process) -> None:
         return
     process.kill()
     await process.wait()
-
-
-def client_for(group_dir: Path) -> tuple[Manifest, Client]:
-    manifest = Manifest.load(Path(group_dir) / MANIFEST_FILE)
-    return manifest, Client(manifest, read_key(key_path(group_dir, "client")))
 
 
 async def set_fault(client: Client, node: int, mode: str) -> str:
