@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import trio
 from dropbear import _core, heap
-from dropbear.net import Listener, LocalIdentity, Outbox, PeerIdentity, PeerLink, Role, Sender
+from dropbear.net import Listener, LocalIdentity, PassFlush, PeerIdentity, PeerLink, Role, Sender
 
 PLAIN_GROUP_ID = hashlib.sha256(b"dropbear/benches/plain-server").digest()
 _REQUEST_HEAD = struct.Struct(">Q")
@@ -52,15 +52,16 @@ class PlainServer:
                                  _anyone, self._on_frame)
         self._nursery: trio.Nursery | None = None
         self.answered = 0
-        self._unflushed: set[Outbox] = set()
-        self._flush_due = trio.Event()
+        self._flush = PassFlush()
+        """Answers leave once per scheduler pass, one write per client (as a node's
+        replies do: one REPLY per client and batch)."""
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self.executor.start(nursery)
-            nursery.start_soon(self._flush_loop)
+            nursery.start_soon(self._flush.run)
             port = await nursery.start(self.listener.serve, host, port)
             task_status.started(port)
 
@@ -78,27 +79,12 @@ class PlainServer:
                              frame[_REQUEST_HEAD.size:])
             prediction = await self.executor.submit(x)
         except InferenceError:
-            self._queue(sender, _ANSWER.pack(request_id, 0xFFFFFFFF, 0.0))
+            self._flush.put(sender.outbox,  # type: ignore[attr-defined]
+                            _ANSWER.pack(request_id, 0xFFFFFFFF, 0.0))
             return
-        self._queue(sender, _ANSWER.pack(request_id, prediction.class_index,
-                                         prediction.probability))
+        self._flush.put(sender.outbox,  # type: ignore[attr-defined]
+                        _ANSWER.pack(request_id, prediction.class_index, prediction.probability))
         self.answered += 1
-
-    def _queue(self, sender: Sender, answer: bytes) -> None:
-        """Answers leave once per scheduler pass, one write per client (as a node's
-        replies do: one REPLY per client and batch)."""
-        outbox = sender.outbox  # type: ignore[attr-defined]
-        outbox.put(answer)
-        self._unflushed.add(outbox)
-        self._flush_due.set()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush_due.wait()
-            self._flush_due = trio.Event()
-            unflushed, self._unflushed = self._unflushed, set()
-            for outbox in unflushed:
-                outbox.flush()
 
 
 class PlainClient:
@@ -111,7 +97,7 @@ class PlainClient:
         self.answers = answers or len(self.links)
         self._next_id = 0
         self._pending: dict[int, tuple[trio.Event, list[int]]] = {}
-        self._flush_due = trio.Event()
+        self._flush = PassFlush()  # requests leave once per pass, as the Dropbear client's
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -121,7 +107,7 @@ class PlainClient:
         async with trio.open_nursery() as nursery:
             for link in client.links:
                 nursery.start_soon(link.run)
-            nursery.start_soon(client._flush_loop)
+            nursery.start_soon(client._flush.run)
             with trio.fail_after(timeout):
                 while not all(link.connected for link in client.links):
                     await trio.sleep(0.05)
@@ -139,22 +125,13 @@ class PlainClient:
             x, dtype=x.dtype.newbyteorder("<")).tobytes()
         try:
             for link in self.links:
-                if not link.outbox.put(frame):
+                if not self._flush.put(link.outbox, frame):
                     raise RuntimeError(f"request {request_id}: a server's send queue is full "
                                        f"(NET_PEER_SEND_QUEUE); keep fewer requests in flight")
-            self._flush_due.set()
             await done.wait()
         finally:
             del self._pending[request_id]
         return labels
-
-    async def _flush_loop(self) -> None:
-        """Writes queued requests once per scheduler pass, as the Dropbear client does."""
-        while True:
-            await self._flush_due.wait()
-            self._flush_due = trio.Event()
-            for link in self.links:
-                link.outbox.flush()
 
     async def _on_frame(self, peer: PeerIdentity, frame: bytes, sender: Sender) -> None:
         request_id, label, _ = _ANSWER.unpack(frame)

@@ -23,7 +23,7 @@ import trio
 
 from dropbear import _core, certificate, control, limits
 from dropbear.manifest import Manifest
-from dropbear.net import LocalIdentity, PeerIdentity, PeerLink, Role, Sender
+from dropbear.net import LocalIdentity, PassFlush, PeerIdentity, PeerLink, Role, Sender
 from dropbear.node import split_address
 from dropbear.wire import Certificate, Reply, Request, WireError, decode
 
@@ -86,8 +86,8 @@ class Client:
         """Request id -> nodes that refused it for a full limit: re-sent after a backoff."""
         self._retry_due = trio.Event()
         self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
-        self._flush_due = trio.Event()
-        """Set when frames wait in the links' outboxes (see :meth:`_flush_loop`)."""
+        self._flush = PassFlush()
+        """Writes the queued REQUESTs, once per scheduler pass."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -109,7 +109,7 @@ class Client:
         for link in self.links:
             nursery.start_soon(link.run)
         nursery.start_soon(self._retry_loop)
-        nursery.start_soon(self._flush_loop)
+        nursery.start_soon(self._flush.run)
 
     def _authorize(self, peer: PeerIdentity) -> bool:
         return (
@@ -146,8 +146,7 @@ class Client:
             frame = request.encoded
             while not pending.done.is_set() and trio.current_time() < deadline:
                 for link in self.links:
-                    link.outbox.put(frame)
-                self._flush_due.set()
+                    self._flush.put(link.outbox, frame)
                 # One scope per (re)send: until the answer, the resend time or the deadline.
                 with trio.move_on_at(min(trio.current_time() + self.request_timeout,
                                          deadline)):
@@ -168,16 +167,6 @@ class Client:
         entry = pending.certificate.entry
         return Result(entry.label, entry.reached, {v.node: v.label for v in entry.votes},
                       pending.certificate, trio.current_time() - start)
-
-    async def _flush_loop(self) -> None:
-        """Writes the queued requests: once per scheduler pass, so that the requests of all
-        the tasks that ran in one pass leave in one write per node (under load hundreds,
-        instead of a system call per request and node)."""
-        while True:
-            await self._flush_due.wait()
-            self._flush_due = trio.Event()
-            for link in self.links:
-                link.outbox.flush()
 
     async def _retry_loop(self) -> None:
         """Re-sends refused-for-now requests to the nodes that refused them, a backoff

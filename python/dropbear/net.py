@@ -327,6 +327,31 @@ class Outbox:
         self._failed = None
 
 
+class PassFlush:
+    """Writes frames queued on outboxes once per scheduler pass: what every task queued
+    with :meth:`put` during one pass leaves in one write per outbox (under load hundreds of
+    frames, not a system call each). :meth:`run` must run in a task."""
+
+    def __init__(self) -> None:
+        self._due: set[Outbox] = set()
+        self._wake = trio.Event()
+
+    def put(self, outbox: Outbox, payload: bytes) -> bool:
+        """Queues ``payload`` on ``outbox`` (see :meth:`Outbox.put`) for the next flush."""
+        queued = outbox.put(payload)
+        self._due.add(outbox)
+        self._wake.set()
+        return queued
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            due, self._due = self._due, set()
+            for outbox in due:
+                outbox.flush()
+
+
 def _join(frames: deque[tuple[float, bytes]], until: float | None = None) -> bytes:
     """Takes queued frames off ``frames`` (up to NET_SEND_BATCH_FRAMES / _BYTES; only those
     queued at or before ``until`` when given) and returns them framed, in one buffer."""

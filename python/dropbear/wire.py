@@ -1122,9 +1122,7 @@ class RequestEntry:
 
     @cached_property
     def encoded(self) -> bytes:
-        nodes = [v.node for v in self.votes]
-        if nodes != sorted(set(nodes)):
-            raise WireError(f"entry votes not in increasing node order {nodes}")
+        _check_vote_order(self.votes)
         if len(self.votes) > MAX_NODES:
             raise WireError(f"{len(self.votes)} votes in an entry")
         w = Writer()
@@ -1160,12 +1158,16 @@ class RequestEntry:
         if reached not in (0, 1):
             raise WireError(f"reached byte {reached} is not 0 or 1")
         r.end("entry")
-        nodes = [v.node for v in votes]
-        if nodes != sorted(set(nodes)):
-            raise WireError(f"entry votes not in increasing node order {nodes}")
+        _check_vote_order(votes)
         entry = cls(request, client, request_id, tuple(votes), label, threshold, reached == 1)
         entry.__dict__["encoded"] = bytes(data)  # canonical: every field read strictly
         return entry
+
+
+def _check_vote_order(votes: Sequence[EntryVote]) -> None:
+    nodes = [v.node for v in votes]
+    if nodes != sorted(set(nodes)):
+        raise WireError(f"entry votes not in increasing node order {nodes}")
 
 
 @dataclass(frozen=True)
