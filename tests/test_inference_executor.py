@@ -45,6 +45,13 @@ COMPILE_EVENTS = (
 )
 
 
+def spin(seconds: float) -> None:
+    """Keeps a core busy for ``seconds``: a run that is slow by its own CPU time."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
 @pytest.fixture(scope="module")
 def model():
     return seeded(CONFIG, seed=0)
@@ -260,7 +267,7 @@ def test_fast_buckets_run_in_place_and_one_that_turns_slow_goes_back_to_threads(
 
     def run(batch, delay=0.0):
         threads.append(threading.current_thread())
-        time.sleep(delay)
+        spin(delay)
         return real_run(batch)
 
     servable.run = run
@@ -283,6 +290,50 @@ def test_fast_buckets_run_in_place_and_one_that_turns_slow_goes_back_to_threads(
     assert 1 not in servable.inline and {2, 4, 8} <= servable.inline
 
 
+def test_waiting_for_a_core_is_not_a_slow_run(model, monkeypatch):
+    # On a loaded machine (a group's nodes sharing two cores) a 0.2 ms run took 1.5-2 ms of
+    # wall time, waiting for a core, and that sent fast buckets to worker threads for good.
+    # A run's cost is the lesser of its wall and CPU time: a run that waits (here: sleeps)
+    # without working stays on the loop, at warming and when serving.
+    limit = 0.02
+    monkeypatch.setattr(executor_module, "INFERENCE_INLINE_MAX_S", limit)
+    executor = Executor(model, max_batch_size=2)
+    servable = executor._current
+    real_run = servable.run
+    threads = []
+
+    def waiting_run(batch):
+        threads.append(threading.current_thread())
+        time.sleep(3 * limit)
+        return real_run(batch)
+
+    servable.run = waiting_run
+    timings = servable.time_buckets()
+    assert servable.inline == {1, 2} and all(t < limit for t in timings.values())
+    threads.clear()
+    xs = images(2 * INFERENCE_INLINE_SLOW_RUNS)
+
+    async def body(ex):
+        return [await ex.submit(x) for x in xs]
+
+    serve(executor, body)
+    assert threads == [threading.main_thread()] * len(xs)
+    assert servable.inline == {1, 2}
+    # the same runs busy for that long are slow: they go back to worker threads
+    def busy_run(batch):
+        threads.append(threading.current_thread())
+        spin(3 * limit)
+        return real_run(batch)
+
+    servable.run = busy_run
+    threads.clear()
+    serve(executor, body)
+    slow = INFERENCE_INLINE_SLOW_RUNS
+    assert threads[:slow] == [threading.main_thread()] * slow
+    assert all(t is not threading.main_thread() for t in threads[slow:])
+    assert 1 not in servable.inline
+
+
 def test_a_slow_first_run_does_not_keep_a_fast_bucket_off_the_event_loop(model, monkeypatch):
     # A bucket's first run pays one-time costs (a digit model's is 10-40x its steady run);
     # timing only that run used to send every small model's buckets to worker threads.
@@ -297,7 +348,7 @@ def test_a_slow_first_run_does_not_keep_a_fast_bucket_off_the_event_loop(model, 
         def run(batch):
             calls[len(batch)] = calls.get(len(batch), 0) + 1
             if calls[len(batch)] == 1:
-                time.sleep(factor * limit)
+                spin(factor * limit)
             return real_run(batch)
         return run
 

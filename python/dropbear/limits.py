@@ -21,10 +21,12 @@ INFERENCE_MAX_QUEUE_LENGTH = 4096
 """Inputs waiting for a batch; past it ``submit`` is refused (QueueFull)."""
 INFERENCE_INLINE_MAX_S = 0.001
 """A batch whose bucket ran faster than this when warmed runs on the event loop's thread:
-handing it to a worker thread and back costs more than it blocks the loop."""
+handing it to a worker thread and back costs more than it blocks the loop. A run's time is
+the lesser of its wall and CPU time (executor.run_cost), so that waiting for a core on a
+loaded machine does not count as the model's."""
 INFERENCE_INLINE_SLOW_RUNS = 3
 """In-place runs in a row over twice INFERENCE_INLINE_MAX_S that send a bucket back to
-worker threads for good (one slow run may be a pause of the process, not the model)."""
+worker threads for good (one slow run may be a hiccup, not the model)."""
 INFERENCE_MAX_INPUT_BYTES = 1 << 20
 """Bytes of one model input (224x224x3 float32 is 602,112)."""
 INFERENCE_MAX_TOP_K = 10
