@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from dropbear import certificate
 from dropbear.consensus import Broadcast, Replica, Reply
+from dropbear.consensus.ledger import MemoryLedger
 from dropbear.consensus.state import derive
 from dropbear.ledger import LedgerCorrupt, LedgerError, SqliteLedger
 from dropbear.wire import (
@@ -304,47 +305,156 @@ def test_read_only_database_refuses_writes_and_loses_nothing(tmp_path):
 # --- no conflicting signature after a restart ---------------------------------------------
 
 
-def test_restarted_backup_does_not_sign_a_conflicting_prepare(tmp_path):
-    group = make_group(4, name="ledger-prepare")
-    manifest = group.manifest
-    gid = manifest.group_id
-    client = key("ledger-prepare/client")
-    path = tmp_path / "node-1.db"
+class _OneBackup:
+    """Node 1 of a group of four, fed PRE-PREPAREs of one-request batches by hand."""
 
-    def batch_for(data: bytes) -> Batch:
-        request = Request.create(client, gid, 1, "uint8", (1,), data)
+    def __init__(self, tmp_path: Path) -> None:
+        self.group = make_group(4, name="ledger-prepare")
+        self.manifest = self.group.manifest
+        self.gid = self.manifest.group_id
+        self.client = key("ledger-prepare/client")
+        self.path = tmp_path / "node-1.db"
+
+    def batch_for(self, data: bytes) -> Batch:
+        manifest, gid = self.manifest, self.gid
+        request = Request.create(self.client, gid, 1, "uint8", (1,), data)
         votes = tuple(
             Votes(gid, i, manifest.nodes[i].model_version,
-                  (Vote(request.digest, 1, 0.9),)).signed(group.node_keys[i])
+                  (Vote(request.digest, 1, 0.9),)).signed(self.group.node_keys[i])
             for i in range(3))
         return Batch((request.header,), votes, ())
 
-    def pre_prepare(batch: Batch) -> PrePrepare:
-        derived = derive(batch, manifest)
-        statement = Statement(Kind.PRE_PREPARE, gid, 0, 0, 1, derived.size, derived.root)
-        return PrePrepare(statement, group.node_keys[0].sign(statement.encoded), batch)
+    def pre_prepare(self, batch: Batch, view: int = 0) -> PrePrepare:
+        derived = derive(batch, self.manifest)
+        statement = Statement(Kind.PRE_PREPARE, self.gid, view % 4, view, 1, derived.size,
+                              derived.root)
+        return PrePrepare(statement, self.group.node_keys[view % 4].sign(statement.encoded),
+                          batch)
 
-    def prepares(actions) -> list[Prepare]:
+    def open(self, **options) -> tuple[SqliteLedger, Replica]:
+        ledger = SqliteLedger(self.path, group_id=self.gid, node=1, group_commit=True,
+                              **options)
+        replica = Replica(self.manifest, 1, self.group.node_keys[1], ledger)
+        replica.start()
+        return ledger, replica
+
+    def prepares(self, replica: Replica, data: bytes) -> list[Prepare]:
+        from dropbear.consensus import Receive
+
+        actions = replica.handle(Receive(0, self.pre_prepare(self.batch_for(data))))
         return [a.message for a in actions
                 if isinstance(a, Broadcast) and isinstance(a.message, Prepare)]
 
-    from dropbear.consensus import Receive
 
-    ledger = SqliteLedger(path, group_id=gid, node=1, group_commit=True)
-    replica = Replica(manifest, 1, group.node_keys[1], ledger)
-    actions = replica.handle(Receive(0, pre_prepare(batch_for(b"\x01"))))
+def test_restarted_backup_does_not_sign_a_conflicting_prepare(tmp_path):
+    node = _OneBackup(tmp_path)
+    ledger, replica = node.open()
+    assert len(node.prepares(replica, b"\x01")) == 1
     ledger.sync()  # the node commits before it sends
-    assert len(prepares(actions)) == 1
     ledger.db.close()  # kill -9
 
-    ledger = SqliteLedger(path, group_id=gid, node=1, group_commit=True)
-    replica = Replica(manifest, 1, group.node_keys[1], ledger)
-    replica.start()
-    conflicting = replica.handle(Receive(0, pre_prepare(batch_for(b"\x02"))))
-    assert prepares(conflicting) == []
+    ledger, replica = node.open()
+    assert node.prepares(replica, b"\x02") == []
     # ... while the same batch again would be re-signed identically (nothing conflicts)
-    same = replica.handle(Receive(0, pre_prepare(batch_for(b"\x01"))))
-    assert all(p.root == derive(batch_for(b"\x01"), manifest).root for p in prepares(same))
+    same = node.prepares(replica, b"\x01")
+    assert all(p.root == derive(node.batch_for(b"\x01"), node.manifest).root for p in same)
+
+
+@pytest.fixture
+def fsyncs(monkeypatch) -> list[int]:
+    """Counts fdatasync calls (the ledger's fsyncs of its WAL)."""
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    return calls
+
+
+def _boot(monkeypatch, tmp_path: Path, boot_id: str) -> None:
+    path = tmp_path / "boot_id"
+    path.write_text(boot_id + "\n")
+    monkeypatch.setattr("dropbear.ledger.BOOT_ID_PATH", path)
+
+
+def test_deferred_sync_fsyncs_a_prepared_proof_but_not_a_prepare(tmp_path, fsyncs, monkeypatch):
+    _boot(monkeypatch, tmp_path, "boot-a")
+    node = _OneBackup(tmp_path)
+    ledger, replica = node.open(deferred_sync=True)
+    assert not ledger.lost_unsynced
+    fsyncs.clear()
+    assert len(node.prepares(replica, b"\x01")) == 1
+    ledger.sync()  # only a signed PREPARE: written, its fsync deferred
+    assert fsyncs == []
+    ledger.save_view(1)  # anything else is fsynced at its commit, with what came before
+    ledger.sync()
+    assert len(fsyncs) == 1
+    ledger.sync()  # nothing new: no fsync
+    assert len(fsyncs) == 1
+    # Without deferred_sync (the default) the PREPARE's commit fsyncs as well.
+    ledger.close()
+    plain = SqliteLedger(tmp_path / "plain.db", group_commit=True)
+    plain.save_signed(node.pre_prepare(node.batch_for(b"\x03")).statement)
+    plain.sync()
+    assert len(fsyncs) == 3  # close() above, and this commit
+    plain.close()
+
+
+def test_a_process_crash_keeps_a_deferred_prepare(tmp_path, monkeypatch):
+    _boot(monkeypatch, tmp_path, "boot-a")
+    node = _OneBackup(tmp_path)
+    ledger, replica = node.open(deferred_sync=True)
+    assert len(node.prepares(replica, b"\x01")) == 1
+    ledger.sync()
+    ledger.db.close()  # kill -9, same boot: the OS kept the written, unsynced commit
+    ledger, replica = node.open(deferred_sync=True)
+    assert not ledger.lost_unsynced
+    assert node.prepares(replica, b"\x02") == []  # it knows what it signed
+
+
+def test_after_a_machine_crash_a_backup_signs_no_prepare_in_that_view(tmp_path, monkeypatch):
+    _boot(monkeypatch, tmp_path, "boot-a")
+    node = _OneBackup(tmp_path)
+    ledger, replica = node.open(deferred_sync=True)
+    assert len(node.prepares(replica, b"\x01")) == 1
+    ledger.sync()
+    ledger.db.close()
+    # The machine went down before the deferred fsync: the signed PREPARE is gone.
+    with sqlite3.connect(node.path) as db:
+        db.execute("DELETE FROM signed")
+    _boot(monkeypatch, tmp_path, "boot-b")
+    ledger, replica = node.open(deferred_sync=True)
+    assert ledger.lost_unsynced
+    # It cannot know what it signed in view 0, so it signs no PREPARE there at all...
+    assert node.prepares(replica, b"\x02") == []
+    assert node.prepares(replica, b"\x01") == []
+    ledger.close()
+    # ... and a clean close followed by another boot loses nothing: no abstention.
+    _boot(monkeypatch, tmp_path, "boot-c")
+    ledger, replica = node.open(deferred_sync=True)
+    assert not ledger.lost_unsynced
+    ledger.close()
+
+
+def test_a_replica_after_a_machine_crash_signs_again_from_the_next_view():
+    group = make_group(4, name="ledger-abstain")
+    ledger = MemoryLedger()
+    ledger.save_view(2)
+    ledger.load = lambda: dataclasses.replace(MemoryLedger.load(ledger), lost_unsynced=True)
+    replica = Replica(group.manifest, 1, group.node_keys[1], ledger)
+    gid = group.manifest.group_id
+
+    def statement(kind: Kind, view: int) -> Statement:
+        return Statement(kind, gid, 1, view, 5, 1, bytes(32))
+
+    for view in (0, 2):
+        assert not replica._may_sign(statement(Kind.PREPARE, view))
+        assert not replica._may_sign(statement(Kind.PRE_PREPARE, view))
+    assert replica._may_sign(statement(Kind.COMMIT, 2))  # fsynced: never lost
+    assert replica._may_sign(statement(Kind.PREPARE, 3))
 
 
 def test_group_commit_uncommitted_writes_are_lost_together(tmp_path):

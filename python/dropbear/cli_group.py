@@ -161,7 +161,7 @@ def node(args: argparse.Namespace) -> int:
     try:
         ledger = SqliteLedger(data_dir / f"node-{args.id}.db", group_id=manifest.group_id,
                               node=args.id, group_commit=True, max_pages=args.ledger_max_pages,
-                              synchronous=args.ledger_sync)
+                              synchronous=args.ledger_sync, deferred_sync=True)
     except LedgerError as error:
         return _fail(f"node {args.id}: {error}")
     logging.info("ledger %s: %d committed batches", ledger.path, ledger.last_seq())
@@ -192,8 +192,8 @@ def node(args: argparse.Namespace) -> int:
         logging.critical("ledger failure, stopping: %s", ledger_error)
         return _fail(f"node {args.id}: {ledger_error}")
     finally:
-        with contextlib.suppress(LedgerError, sqlite3.Error):
-            ledger.db.close()  # an unsynced group-commit transaction is rolled back
+        with contextlib.suppress(LedgerError, sqlite3.Error, OSError):
+            ledger.close(commit=False)  # an unsynced group-commit transaction is rolled back
     return 0
 
 

@@ -5,10 +5,16 @@
 checkpoints) and what the node adds from the replica's actions (certificates by client and
 request id, the model-version history, evidence).
 
-Durability: ``synchronous=FULL`` (each commit fsyncs the WAL). With ``group_commit`` the
-writes of one replica event share one transaction that the node commits with :meth:`sync`
-*before* it carries out any of that event's actions (messages, replies); without it every
-write commits at once. A write that fails (full disk, read-only file) raises
+Durability: with ``synchronous="FULL"`` (the default) a commit fsyncs the WAL unless all it
+wrote is signed PRE-PREPAREs and PREPAREs (:data:`DEFERRED_SYNC_KINDS`). Those are written at
+once (so they survive the node's process crashing: the OS has them) and fsynced with the next
+commit that fsyncs: a prepared proof before its COMMIT, a committed batch, a view. Only a
+crash of the machine can lose them, and a node whose machine went down without a clean stop
+(:attr:`SqliteLedger.lost_unsynced`: another boot id, no clean close) signs no PRE-PREPARE or
+PREPARE again in the views it may have signed them in (see docs/ledger.md). With
+``group_commit`` the writes of one replica event share one transaction that the node commits
+with :meth:`sync` *before* it carries out any of that event's actions (messages, replies);
+without it every write commits at once. A write that fails (full disk, read-only file) raises
 :class:`LedgerError`; the node stops rather than send anything that depends on it.
 
 At open the file is checked (``PRAGMA quick_check``, schema version, group and node, the
@@ -18,6 +24,7 @@ file raises :class:`LedgerCorrupt` and is never used.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
@@ -27,7 +34,7 @@ from pathlib import Path
 
 from dropbear import _core
 from dropbear.consensus.events import Deliver
-from dropbear.consensus.ledger import DurableState
+from dropbear.consensus.ledger import DEFERRED_SYNC_KINDS, DurableState
 from dropbear.evidence import Evidence
 from dropbear.manifest import Manifest
 from dropbear.wire import (
@@ -43,6 +50,7 @@ from dropbear.wire import (
 )
 
 SCHEMA_VERSION = 1
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 GENESIS_CHAIN = bytes(32)
 """The hash chain's value before batch 1."""
 
@@ -116,6 +124,15 @@ class LedgerCorrupt(LedgerError):
     """The database file fails an integrity check; it is never used."""
 
 
+def _boot_id() -> bytes:
+    """This boot of the machine (Linux's random boot id); elsewhere a value that never
+    matches, so that every restart counts as one after a machine crash unless closed cleanly."""
+    try:
+        return BOOT_ID_PATH.read_bytes().strip()
+    except OSError:
+        return os.urandom(16)
+
+
 def chain_next(previous: bytes, seq: int, encoded: bytes) -> bytes:
     """The hash chain over committed batches: SHA-256(previous | seq u64 | SHA-256(batch))."""
     return _core.sha256(previous + struct.pack(">Q", seq) + _core.sha256(encoded))
@@ -163,13 +180,25 @@ class SqliteLedger:
     def __init__(self, path: Path | str, *, group_id: bytes | None = None,
                  node: int | None = None, group_commit: bool = False,
                  max_pages: int | None = None, check: bool = True,
-                 synchronous: str = "FULL") -> None:
+                 synchronous: str = "FULL", deferred_sync: bool = False) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL"):
             raise LedgerError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.synchronous = synchronous.upper()
         self.path = Path(path)
         self.group_commit = group_commit
+        self.deferred_sync = deferred_sync and group_commit
+        """Whether DEFERRED_SYNC_KINDS statements wait for the next fsync (a node's ledger:
+        it records the boot and a clean close to tell when they may be lost)."""
         self._in_tx = False
+        self._must_sync = False
+        """The open transaction wrote something that its commit must fsync."""
+        self._unsynced = False
+        """Commits since the last fsync of the WAL (deferred ones)."""
+        self._wal_fd: int | None = None
+        self.lost_unsynced = False
+        """Whether the machine went down since this ledger was last used without a clean
+        close: signed statements whose fsync was deferred may be lost (see the module
+        docstring); read at open."""
         new = not self.path.exists() or self.path.stat().st_size == 0
         if new:
             try:
@@ -209,7 +238,9 @@ class SqliteLedger:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise LedgerError(f"ledger {self.path}: cannot switch to WAL mode (got {mode})")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        # In WAL mode NORMAL commits survive a crash of the process; the fsyncs that make
+        # them survive the machine's are this class's (see _commit), not SQLite's.
+        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         if max_pages is not None:
             db.execute(f"PRAGMA max_page_count={int(max_pages)}")
@@ -235,6 +266,20 @@ class SqliteLedger:
         if node is not None and meta.get("node", node) != node:
             raise LedgerError(f"ledger {self.path} belongs to node {meta['node']}, not {node}")
         self._last, self._chain = self._check_chain() if check else self._tail()
+        if self.deferred_sync:
+            self._mark_open(meta)
+
+    def _mark_open(self, meta: dict) -> None:
+        """Reads whether deferred statements may have been lost (another boot, no clean
+        close), then records this boot and an open (unclean) ledger, fsynced."""
+        boot = _boot_id()
+        stored = meta.get("boot_id")
+        self.lost_unsynced = (stored is not None and bytes(stored) != boot
+                              and meta.get("clean") != 1)
+        with self._write("the open marker") as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (boot,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', 0)")
+        self.sync()
 
     def _tail(self) -> tuple[int, bytes]:
         row = self.db.execute("SELECT seq, chain FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
@@ -258,11 +303,14 @@ class SqliteLedger:
     # --- transactions ------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _write(self, what: str, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write, in the open group-commit transaction; ``sync``: its commit must
+        fsync (every write but the DEFERRED_SYNC_KINDS statements)."""
         try:
             if not self._in_tx:
                 self.db.execute("BEGIN IMMEDIATE")
                 self._in_tx = True
+            self._must_sync |= sync or not self.deferred_sync
             yield self.db
             if not self.group_commit:
                 self._commit()
@@ -275,8 +323,25 @@ class SqliteLedger:
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
+            self._unsynced = True
+        if self._unsynced and (self._must_sync or not self.group_commit):
+            self._fsync_wal()
+        self._must_sync = False
+
+    def _fsync_wal(self) -> None:
+        """Makes every commit so far durable against a crash of the machine."""
+        if self.synchronous == "FULL":
+            wal = f"{self.path}-wal"
+            if self._wal_fd is None or os.fstat(self._wal_fd).st_ino != os.stat(wal).st_ino:
+                if self._wal_fd is not None:
+                    os.close(self._wal_fd)
+                    self._wal_fd = None
+                self._wal_fd = os.open(wal, os.O_RDONLY)
+            os.fdatasync(self._wal_fd)
+        self._unsynced = False
 
     def _rollback(self) -> None:
+        self._must_sync = False
         if self._in_tx:
             self._in_tx = False
             try:
@@ -291,7 +356,8 @@ class SqliteLedger:
         return self._in_tx
 
     def sync(self) -> None:
-        """Commits (and fsyncs) the open group-commit transaction, if any."""
+        """Commits the open group-commit transaction, if any, and fsyncs the WAL unless
+        everything written since the last fsync may wait (DEFERRED_SYNC_KINDS)."""
         try:
             self._commit()
         except sqlite3.Error as error:
@@ -299,10 +365,22 @@ class SqliteLedger:
             raise LedgerError(f"ledger {self.path}: cannot commit: {error} (the node stops: "
                               "nothing that depends on it was sent)") from None
 
-    def close(self) -> None:
+    def close(self, *, commit: bool = True) -> None:
+        """Commits (``commit``) or rolls back the open group-commit transaction, fsyncs
+        every commit, records a clean close (with deferred_sync) and closes the file. A node
+        that stops rolls back: the actions of that transaction were never carried out."""
         try:
+            if not commit:
+                self._rollback()
+            if self.deferred_sync:
+                with self._write("the clean close marker") as db:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', 1)")
+            self._must_sync = True
             self.sync()
         finally:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
             self.db.close()
 
     # --- the replica's Ledger protocol --------------------------------------------------------
@@ -335,7 +413,8 @@ class SqliteLedger:
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'view'", (view,))
 
     def save_signed(self, statement: Statement) -> None:
-        with self._write(f"signed {statement.kind.name} {statement.view}/{statement.seq}") as db:
+        with self._write(f"signed {statement.kind.name} {statement.view}/{statement.seq}",
+                         sync=statement.kind not in DEFERRED_SYNC_KINDS) as db:
             db.execute("INSERT OR IGNORE INTO signed VALUES (?, ?, ?, ?)",
                        (int(statement.kind), statement.view, statement.seq, statement.encoded))
 
@@ -363,7 +442,7 @@ class SqliteLedger:
         prepared = [decode_prepared(bytes(r[0])) for r in
                     db.execute("SELECT encoded FROM prepared ORDER BY seq, view")]
         stable = self.stable_checkpoint()
-        return DurableState(int(view), signed, prepared, stable)
+        return DurableState(int(view), signed, prepared, stable, self.lost_unsynced)
 
     # --- what the node adds from the replica's actions ----------------------------------------
 

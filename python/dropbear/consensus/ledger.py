@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dropbear.wire import Checkpoint, CommittedBatch, PreparedProof, Statement
+from dropbear.wire import Checkpoint, CommittedBatch, Kind, PreparedProof, Statement
+
+DEFERRED_SYNC_KINDS = frozenset({Kind.PRE_PREPARE, Kind.PREPARE})
+"""Signed statements a ledger may make durable with its next fsync instead of at once: a
+crash of the node's process keeps them (they are written), only one of its machine can lose
+them, and then the replica signs no statement of these kinds again in the views concerned
+(``DurableState.lost_unsynced``). Every other write (prepared proofs before a COMMIT,
+committed batches, views, checkpoints) is fsynced before what depends on it is sent."""
 
 
 @dataclass
@@ -23,6 +30,9 @@ class DurableState:
     prepared: list[PreparedProof] = field(default_factory=list)
     stable_proof: tuple[Checkpoint, ...] = ()
     """The latest stable checkpoint's 2f+1 CHECKPOINTs (empty: none yet)."""
+    lost_unsynced: bool = False
+    """Signed PRE-PREPAREs and PREPAREs whose fsync was deferred may be missing from
+    ``signed`` (the machine went down): the replica signs none again in those views."""
 
 
 class Ledger(Protocol):

@@ -39,6 +39,7 @@ from dropbear.consensus.events import (
     SetTimer,
     TimerFired,
 )
+from dropbear.consensus.ledger import DEFERRED_SYNC_KINDS as _DEFERRED
 from dropbear.consensus.ledger import Ledger, MemoryLedger
 from dropbear.consensus.state import BatchError, Derived, GroupState, derive
 from dropbear.evidence import Evidence, EvidenceError
@@ -251,6 +252,8 @@ class Replica:
         self._committed: dict[int, CommittedBatch] = {}
         self._checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self._signed: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+        self._abstain_through = -1
+        """Views in which we sign no DEFERRED_SYNC_KINDS statement (after a machine crash)."""
         self.next_seq = 1
         # requests, votes, updates
         self._requests: OrderedDict[bytes, Request] = OrderedDict()
@@ -398,6 +401,8 @@ class Replica:
 
     def _may_sign(self, statement: Statement) -> bool:
         """Never sign two different statements for one (kind, view, seq); persist first."""
+        if statement.view <= self._abstain_through and statement.kind in _DEFERRED:
+            return False  # this view's signed statements may be lost: see _recover
         key = (statement.kind, statement.view, statement.seq)
         value = (statement.digest, statement.size)
         known = self._signed.get(key)
@@ -427,6 +432,13 @@ class Replica:
         for statement in durable.signed:
             key = (statement.kind, statement.view, statement.seq)
             self._signed[key] = (statement.digest, statement.size)
+        if durable.lost_unsynced:
+            # The machine went down before the fsync of some PRE-PREPAREs and PREPAREs we
+            # signed (the ledger defers those fsyncs): we no longer know all of them, so we
+            # sign none again in any view we may have signed them in. We take part again
+            # from the next view on (COMMITs, prepared proofs and views were fsynced).
+            self._abstain_through = max(
+                [durable.view, *(s.view for s in durable.signed)])
         for proof in durable.prepared:
             old = self._prepared.get(proof.seq)
             if proof.seq > self.state.seq and (old is None or old.view < proof.view):
