@@ -338,6 +338,13 @@ class _OneBackup:
         replica.start()
         return ledger, replica
 
+    def killed_after_a_prepare(self, **options) -> None:
+        """Signs a PREPARE for batch 1, commits it as the node does, then dies (kill -9)."""
+        ledger, replica = self.open(**options)
+        assert len(self.prepares(replica, b"\x01")) == 1
+        ledger.sync()  # the node commits before it sends
+        ledger.db.close()  # kill -9: the connection goes, the file stays
+
     def prepares(self, replica: Replica, data: bytes) -> list[Prepare]:
         from dropbear.consensus import Receive
 
@@ -348,11 +355,7 @@ class _OneBackup:
 
 def test_restarted_backup_does_not_sign_a_conflicting_prepare(tmp_path):
     node = _OneBackup(tmp_path)
-    ledger, replica = node.open()
-    assert len(node.prepares(replica, b"\x01")) == 1
-    ledger.sync()  # the node commits before it sends
-    ledger.db.close()  # kill -9
-
+    node.killed_after_a_prepare()
     ledger, replica = node.open()
     assert node.prepares(replica, b"\x02") == []
     # ... while the same batch again would be re-signed identically (nothing conflicts)
@@ -406,10 +409,8 @@ def test_deferred_sync_fsyncs_a_prepared_proof_but_not_a_prepare(tmp_path, fsync
 def test_a_process_crash_keeps_a_deferred_prepare(tmp_path, monkeypatch):
     _boot(monkeypatch, tmp_path, "boot-a")
     node = _OneBackup(tmp_path)
-    ledger, replica = node.open(deferred_sync=True)
-    assert len(node.prepares(replica, b"\x01")) == 1
-    ledger.sync()
-    ledger.db.close()  # kill -9, same boot: the OS kept the written, unsynced commit
+    node.killed_after_a_prepare(deferred_sync=True)
+    # Same boot: the OS kept the written, unsynced commit.
     ledger, replica = node.open(deferred_sync=True)
     assert not ledger.lost_unsynced
     assert node.prepares(replica, b"\x02") == []  # it knows what it signed
@@ -418,10 +419,7 @@ def test_a_process_crash_keeps_a_deferred_prepare(tmp_path, monkeypatch):
 def test_after_a_machine_crash_a_backup_signs_no_prepare_in_that_view(tmp_path, monkeypatch):
     _boot(monkeypatch, tmp_path, "boot-a")
     node = _OneBackup(tmp_path)
-    ledger, replica = node.open(deferred_sync=True)
-    assert len(node.prepares(replica, b"\x01")) == 1
-    ledger.sync()
-    ledger.db.close()
+    node.killed_after_a_prepare(deferred_sync=True)
     # The machine went down before the deferred fsync: the signed PREPARE is gone.
     with sqlite3.connect(node.path) as db:
         db.execute("DELETE FROM signed")
