@@ -324,12 +324,10 @@ class _OneBackup:
             for i in range(3))
         return Batch((request.header,), votes, ())
 
-    def pre_prepare(self, batch: Batch, view: int = 0) -> PrePrepare:
+    def pre_prepare(self, batch: Batch) -> PrePrepare:
         derived = derive(batch, self.manifest)
-        statement = Statement(Kind.PRE_PREPARE, self.gid, view % 4, view, 1, derived.size,
-                              derived.root)
-        return PrePrepare(statement, self.group.node_keys[view % 4].sign(statement.encoded),
-                          batch)
+        statement = Statement(Kind.PRE_PREPARE, self.gid, 0, 0, 1, derived.size, derived.root)
+        return PrePrepare(statement, self.group.node_keys[0].sign(statement.encoded), batch)
 
     def open(self, **options) -> tuple[SqliteLedger, Replica]:
         ledger = SqliteLedger(self.path, group_id=self.gid, node=1, group_commit=True,

@@ -324,7 +324,7 @@ class SqliteLedger:
             self.db.execute("COMMIT")
             self._in_tx = False
             self._unsynced = True
-        if self._unsynced and (self._must_sync or not self.group_commit):
+        if self._unsynced and self._must_sync:  # (always set without deferred_sync)
             self._fsync_wal()
         self._must_sync = False
 
@@ -375,7 +375,6 @@ class SqliteLedger:
             if self.deferred_sync:
                 with self._write("the clean close marker") as db:
                     db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', 1)")
-            self._must_sync = True
             self.sync()
         finally:
             if self._wal_fd is not None:
