@@ -6,12 +6,15 @@ checkpoints) and what the node adds from the replica's actions (certificates by 
 request id, the model-version history, evidence).
 
 Durability: with ``synchronous="FULL"`` (the default) a commit fsyncs the WAL unless all it
-wrote is signed PRE-PREPAREs and PREPAREs (:data:`DEFERRED_SYNC_KINDS`). Those are written at
+wrote is signed PRE-PREPAREs and PREPAREs (:data:`DEFERRED_SYNC_KINDS`) or what executing a
+batch writes (the committed batch, its certificates and model versions). Those are written at
 once (so they survive the node's process crashing: the OS has them) and fsynced with the next
-commit that fsyncs: a prepared proof before its COMMIT, a committed batch, a view. Only a
-crash of the machine can lose them, and a node whose machine went down without a clean stop
-(:attr:`SqliteLedger.lost_unsynced`: another boot id, no clean close) signs no PRE-PREPARE or
-PREPARE again in the views it may have signed them in (see docs/ledger.md). With
+commit that fsyncs: a prepared proof before its COMMIT, a view, a checkpoint. Only a crash of
+the machine can lose them. A lost executed batch comes back from the prepared proofs that
+2f+1 nodes fsynced before their COMMITs (and from the peers); a node whose machine went down
+without a clean stop (:attr:`SqliteLedger.lost_unsynced`: another boot id, no clean close)
+signs no PRE-PREPARE or PREPARE again in the views it may have signed them in (see
+docs/ledger.md). With
 ``group_commit`` the writes of one replica event share one transaction that the node commits
 with :meth:`sync` *before* it carries out any of that event's actions (messages, replies);
 without it every write commits at once. A write that fails (full disk, read-only file) raises
@@ -187,8 +190,9 @@ class SqliteLedger:
         self.path = Path(path)
         self.group_commit = group_commit
         self.deferred_sync = deferred_sync and group_commit
-        """Whether DEFERRED_SYNC_KINDS statements wait for the next fsync (a node's ledger:
-        it records the boot and a clean close to tell when they may be lost)."""
+        """Whether DEFERRED_SYNC_KINDS statements and executed batches wait for the next
+        fsync (a node's ledger: it records the boot and a clean close to tell when they may
+        be lost)."""
         self._in_tx = False
         self._must_sync = False
         """The open transaction wrote something that its commit must fsync."""
@@ -305,7 +309,8 @@ class SqliteLedger:
     @contextmanager
     def _write(self, what: str, sync: bool = True) -> Iterator[sqlite3.Connection]:
         """One write, in the open group-commit transaction; ``sync``: its commit must
-        fsync (every write but the DEFERRED_SYNC_KINDS statements)."""
+        fsync (every write but the DEFERRED_SYNC_KINDS statements and the execution step's
+        rows)."""
         try:
             if not self._in_tx:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -357,7 +362,7 @@ class SqliteLedger:
 
     def sync(self) -> None:
         """Commits the open group-commit transaction, if any, and fsyncs the WAL unless
-        everything written since the last fsync may wait (DEFERRED_SYNC_KINDS)."""
+        everything written since the last fsync may wait (see ``_write``)."""
         try:
             self._commit()
         except sqlite3.Error as error:
@@ -391,7 +396,7 @@ class SqliteLedger:
         encoded = batch.encoded
         chain = chain_next(self._chain, batch.seq, encoded)
         first = batch.commits[0].statement if batch.commits else None
-        with self._write(f"committed batch {batch.seq}") as db:
+        with self._write(f"committed batch {batch.seq}", sync=False) as db:
             db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (batch.seq, batch.view, first.digest if first else b"",
@@ -449,7 +454,7 @@ class SqliteLedger:
         """The model updates that took effect at batch ``deliver.seq``."""
         if not deliver.updates:
             return
-        with self._write(f"model versions of batch {deliver.seq}") as db:
+        with self._write(f"model versions of batch {deliver.seq}", sync=False) as db:
             for u in deliver.updates:
                 db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
                            (deliver.seq, u.node, u.counter, u.model_version))
@@ -461,7 +466,7 @@ class SqliteLedger:
         Certificate.encode_all(certs)
         rows = [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index, c.entry.request,
                  c.entry.label, int(c.entry.reached), c.encoded) for c in certs]
-        with self._write(f"{len(rows)} certificates") as db:
+        with self._write(f"{len(rows)} certificates", sync=False) as db:
             db.executemany("INSERT OR IGNORE INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            rows)
 

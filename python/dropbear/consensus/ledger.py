@@ -17,8 +17,10 @@ DEFERRED_SYNC_KINDS = frozenset({Kind.PRE_PREPARE, Kind.PREPARE})
 """Signed statements a ledger may make durable with its next fsync instead of at once: a
 crash of the node's process keeps them (they are written), only one of its machine can lose
 them, and then the replica signs no statement of these kinds again in the views concerned
-(``DurableState.lost_unsynced``). Every other write (prepared proofs before a COMMIT,
-committed batches, views, checkpoints) is fsynced before what depends on it is sent."""
+(``DurableState.lost_unsynced``). A ledger may defer the fsync of committed batches too: each
+was prepared, and its prepared proof fsynced, at the 2f+1 nodes whose COMMITs certify it, so
+a view change or a catch-up brings it back. Every other write (prepared proofs before a
+COMMIT, views, checkpoints) is fsynced before what depends on it is sent."""
 
 
 @dataclass
@@ -32,7 +34,8 @@ class DurableState:
     """The latest stable checkpoint's 2f+1 CHECKPOINTs (empty: none yet)."""
     lost_unsynced: bool = False
     """Signed PRE-PREPAREs and PREPAREs whose fsync was deferred may be missing from
-    ``signed`` (the machine went down): the replica signs none again in those views."""
+    ``signed``, and the last committed batches from the ledger (the machine went down): the
+    replica signs none of those statements again in those views."""
 
 
 class Ledger(Protocol):
