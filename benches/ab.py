@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("throughput_rps", "p50_ms", "p95_ms", "cpu_ms_per_request")
+FIGURES = ("throughput_rps", "p50_ms", "p95_ms", "cpu_ms_per_request", "votes_per_certificate")
+HIGHER_IS_BETTER = {"throughput_rps", "votes_per_certificate"}
 
 
 def run_once(python_dir: Path, loadgen_args: list[str], out: Path) -> dict:
@@ -68,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
                     summary = run_once(python_dir, loadgen_args, Path(tmp) / "run.json")
                     results[side].append(summary)
                     print(f"{pair + 1} {side}  " + "  ".join(
-                        f"{k} {summary[k]:.2f}" for k in FIGURES), flush=True)
+                        f"{k} {summary[k]:.2f}" for k in FIGURES
+                        if summary.get(k) is not None), flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)],
                            check=False, cwd=ROOT)
     for key in FIGURES:
+        if any(r.get(key) is None for r in results["old"] + results["new"]):
+            continue  # (votes: a plain baseline has none)
         old = statistics.median(r[key] for r in results["old"])
         new = statistics.median(r[key] for r in results["new"])
-        higher_is_better = key == "throughput_rps"
+        higher_is_better = key in HIGHER_IS_BETTER
         better = sum((n[key] > o[key]) if higher_is_better else (n[key] < o[key])
                      for o, n in zip(results["old"], results["new"], strict=True))
         print(f"median {key}: old {old:.2f}  new {new:.2f}  new/old {new / old:.3f}  "

@@ -103,6 +103,9 @@ class LoadResult:
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
+    votes: list[int] = field(default_factory=list, repr=False)
+    """For a group: how many nodes' votes each certified entry carries (2f+1 to n; fewer
+    than n when a node's vote came after the vote wait)."""
 
     @property
     def throughput(self) -> float:
@@ -127,6 +130,8 @@ class LoadResult:
                                                3),
             "completed": self.completed, "errors": self.errors, "shed": self.shed,
             "window_s": round(self.window_s, 3),
+            "votes_per_certificate": (round(float(np.mean(self.votes)), 3) if self.votes
+                                      else None),
         }
 
     def line(self) -> str:
@@ -135,7 +140,8 @@ class LoadResult:
                 f"{s['throughput_rps']:>8.1f} req/s  p50 {s['p50_ms']:>7.1f} ms  "
                 f"p95 {s['p95_ms']:>7.1f} ms  p99 {s['p99_ms']:>7.1f} ms  "
                 f"cpu {s['cpu_ms_per_request']:>6.2f} ms/req  errors {self.errors} "
-                f"shed {self.shed}")
+                f"shed {self.shed}"
+                + (f"  votes {s['votes_per_certificate']:.2f}" if self.votes else ""))
 
 
 async def drive(
@@ -184,7 +190,7 @@ async def drive(
         counter += 1
         outstanding += 1
         try:
-            await infers[i % len(infers)](inputs[i % len(inputs)])
+            answer = await infers[i % len(infers)](inputs[i % len(inputs)])
         except ClientError:
             if scheduled >= window_open:
                 result.errors += 1
@@ -195,6 +201,8 @@ async def drive(
         if window_open <= scheduled and now <= window_close and not finished.is_set():
             result.completed += 1
             result.latencies.append(now - scheduled)
+            if (votes := getattr(answer, "votes", None)) is not None:
+                result.votes.append(len(votes))
             if requests is not None and result.completed >= requests:
                 finished.set()
 

@@ -21,6 +21,7 @@ from dropbear.inference import (
     ModelConfig,
     Preprocessing,
     QueueFull,
+    Skipped,
     UnknownModel,
     buckets_up_to,
     decode_input,
@@ -199,6 +200,23 @@ def test_submit_many_answers_in_order_and_refuses_only_the_bad_inputs(executor):
     assert executor.stats.batches - before <= 3  # 18 inputs queued at once: full batches
     with pytest.raises(ExecutorClosed, match="not serving"):
         trio.run(executor.submit_many, xs[:1])
+
+
+def test_inputs_no_longer_wanted_when_their_batch_forms_are_not_run(model):
+    """A node submits the requests it must vote on; one executed meanwhile (the others
+    voted first) is asked about when its batch forms, not when it was queued."""
+    executor = Executor(model, max_batch_size=8, max_queue_delay=0.0)
+    xs = list(images(20, seed=8))
+    first_batch_only = [lambda: executor.stats.batches == 0] * 16  # wanted until a batch ran
+    results = serve(executor, lambda ex: ex.submit_many(xs[:16] + xs[16:],
+                                                      first_batch_only + [None] * 4))
+    direct = executor.predict(np.stack(xs[:8])) + executor.predict(np.stack(xs[16:]))
+    assert [r.label for r in results[:8] + results[16:]] == [d.label for d in direct]
+    assert all(isinstance(r, Skipped) for r in results[8:16])
+    assert executor.stats.skipped == 8
+    assert executor.stats.inputs == 12 and executor.stats.batches == 2
+    with pytest.raises(ValueError, match="2 wanted checks for 1 inputs"):
+        trio.run(executor.submit_many, xs[:1], first_batch_only[:2])
 
 
 def test_zero_queue_delay_runs_a_lone_input_at_once_and_still_batches_under_load(model):

@@ -151,3 +151,43 @@ async def test_inference_starts_at_once_unless_a_model_switch_waits_for_the_comm
         assert len(carried) == 4  # the switch is done: at once again
         nursery.cancel_scope.cancel()
     ledger.close()
+
+
+async def test_a_request_executed_while_it_queued_for_the_model_gets_no_run(tmp_path):
+    """A node behind the others must not spend its model on requests the group already
+    executed with the others' votes (it would stay behind for good): those are skipped,
+    the rest are run and voted on."""
+    import numpy as np
+    from dropbear.consensus import LocalVotes
+    from dropbear.inference import Executor, ModelRepository
+    from dropbear.node import Node
+    from dropbear.wire import Request
+    from sim.group import key, make_group
+
+    group = make_group(4)
+    manifest = group.manifest
+    repository = ModelRepository("models")
+    executor = Executor(repository.load("digits-mlp"), max_batch_size=4, max_queue_delay=0.0)
+    node = Node(manifest, 0, group.node_keys[0], executor, repository)
+    client = key("skip/client")
+    requests = [Request.create(client, manifest.group_id, i, "float32", (8, 8, 1),
+                               np.full((8, 8, 1), i, np.float32).tobytes()) for i in range(12)]
+    executed = {r.digest for r in requests[:4]}  # before the node took them
+    node.replica.awaits_votes = lambda digest: digest not in executed
+    voted: list = []
+    node._handle = lambda event: voted.extend(event.votes if isinstance(event, LocalVotes)
+                                              else ())
+    servable = executor._current
+    real_run = servable.run
+
+    def run_while_the_group_executes(xs):  # the first batch: 4..7; 8..11 get executed
+        executed.update(r.digest for r in requests[8:])
+        return real_run(xs)
+
+    servable.run = run_while_the_group_executes
+    async with trio.open_nursery() as nursery:
+        await executor.start(nursery)
+        await node._infer_chunk(requests)
+        nursery.cancel_scope.cancel()
+    assert [v.request for v in voted] == [r.digest for r in requests[4:8]]
+    assert (executor.stats.batches, executor.stats.inputs, executor.stats.skipped) == (1, 4, 4)

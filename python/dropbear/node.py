@@ -10,6 +10,7 @@ ledger plugs into the same seam).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ from dropbear.inference import (
     Executor,
     InferenceError,
     ModelRepository,
+    Skipped,
     decode_input,
 )
 from dropbear.manifest import Manifest
@@ -496,7 +498,10 @@ class Node:
     async def _infer_chunk(self, chunk: Sequence[Request]) -> None:
         config = self.executor.config
         requests, inputs = [], []
+        awaits_votes = self.replica.awaits_votes
         for request in chunk:
+            if not awaits_votes(request.digest):  # executed while it queued: no run
+                continue
             head = request.header
             try:
                 inputs.append(decode_input(config, head.dtype, head.shape, request.data))
@@ -507,7 +512,11 @@ class Node:
         # A slot per request, so that the executor's queue never overflows.
         await self._inference_slots.take(len(requests))
         try:
-            outcomes = await self.executor.submit_many(inputs)
+            # A node behind the others (a slower model, a busier core) would otherwise run
+            # requests that were executed with the others' votes while they queued, and stay
+            # behind for good: its votes would reach no entry.
+            outcomes = await self.executor.submit_many(
+                inputs, [functools.partial(awaits_votes, r.digest) for r in requests])
         except InferenceError as error:  # the executor stopped: no votes from this chunk
             log.warning("no votes for %d requests: %s", len(requests), error)
             return
@@ -515,6 +524,8 @@ class Node:
             self._inference_slots.give(len(requests))
         votes: dict[str, list[Vote]] = {}
         for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, Skipped):
+                continue
             if isinstance(outcome, InferenceError):
                 log.info("no vote for request %s: %s", request.digest.hex()[:12], outcome)
                 continue
@@ -647,7 +658,8 @@ class Node:
             },
             "peers_connected": sorted(p for p, link in self.links.items() if link.connected),
             "inference": {"batches": self.executor.stats.batches,
-                          "inputs": self.executor.stats.inputs},
+                          "inputs": self.executor.stats.inputs,
+                          "skipped": self.executor.stats.skipped},
             "replies_sent": self.replies_sent,
             "rejected": self.rejected,
             "evidence": len(self.evidence),

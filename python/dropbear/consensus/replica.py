@@ -312,6 +312,12 @@ class Replica:
         """Accepted requests not yet executed."""
         return len(self._requests)
 
+    def awaits_votes(self, digest: bytes) -> bool:
+        """Whether request ``digest`` is accepted and not executed yet: a vote for it may
+        still be ordered. Once it is executed its entry is fixed, and running the model for
+        it would be work for nothing."""
+        return digest in self._requests
+
     def cached_certificate(self, client: bytes, request_id: int) -> Certificate | None:
         """The certificate of a recently executed request (bounded by MAX_REPLY_CACHE)."""
         return self._replies.get((client, request_id))

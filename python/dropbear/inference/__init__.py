@@ -15,6 +15,7 @@ from dropbear.inference.errors import (
     ExecutorClosed,
     InferenceError,
     QueueFull,
+    Skipped,
     UnknownModel,
 )
 from dropbear.inference.executor import (
@@ -51,6 +52,7 @@ __all__ = [
     "Prediction",
     "Preprocessing",
     "QueueFull",
+    "Skipped",
     "UnknownModel",
     "buckets_up_to",
     "check_batch",

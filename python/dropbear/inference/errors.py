@@ -13,6 +13,10 @@ class QueueFull(InferenceError):
     """The executor's queue holds its limit of waiting inputs; the input is refused."""
 
 
+class Skipped(InferenceError):
+    """An input its submitter no longer wanted when its batch formed; it was not run."""
+
+
 class ExecutorClosed(InferenceError):
     """The executor is not serving (not started yet, or stopped)."""
 

@@ -30,6 +30,7 @@ from dropbear.inference.errors import (
     ExecutorClosed,
     InferenceError,
     QueueFull,
+    Skipped,
     UnknownModel,
 )
 from dropbear.inference.parameters import ModelVersion
@@ -280,6 +281,8 @@ class _Pending:
     x: np.ndarray
     queued_at: float
     done: trio.Event
+    wanted: Callable[[], bool] | None = None
+    """Asked when the input's batch forms; False: the input is skipped, not run."""
     result: Prediction | None = None
     error: InferenceError | None = None
 
@@ -291,6 +294,8 @@ class ExecutorStats:
     padded: int = 0
     """Padding rows run (bucket size minus batch size, summed)."""
     failed_batches: int = 0
+    skipped: int = 0
+    """Inputs no longer wanted when their batch formed (see ``submit_many``)."""
 
 
 class Executor:
@@ -447,16 +452,23 @@ class Executor:
         assert pending.result is not None
         return pending.result
 
-    async def submit_many(self, xs: Sequence[np.ndarray]) -> list[Prediction | InferenceError]:
+    async def submit_many(
+        self, xs: Sequence[np.ndarray], wanted: Sequence[Callable[[], bool]] | None = None
+    ) -> list[Prediction | InferenceError]:
         """Queues several inputs at once (one task, however many) and returns, in order, each
         one's prediction or the InferenceError that refused or failed it (BadInput,
-        QueueFull, a failed batch). Raises ExecutorClosed when the batcher is not running."""
+        QueueFull, a failed batch, Skipped). ``wanted``, one per input, is asked when the
+        input's batch forms: an input no longer wanted then is not run (Skipped), so that
+        inputs queued behind a backlog do not cost a run for nothing. Raises ExecutorClosed
+        when the batcher is not running."""
+        if wanted is not None and len(wanted) != len(xs):
+            raise ValueError(f"{len(wanted)} wanted checks for {len(xs)} inputs")
         self._check_serving()
         now = trio.current_time()
         out: list[Prediction | InferenceError | _Pending] = []
-        for x in xs:
+        for i, x in enumerate(xs):
             try:
-                out.append(self._enqueue(x, now))
+                out.append(self._enqueue(x, now, None if wanted is None else wanted[i]))
             except (BadInput, QueueFull) as error:
                 out.append(error)
         results: list[Prediction | InferenceError] = []
@@ -472,10 +484,11 @@ class Executor:
         if self._send is None:
             raise ExecutorClosed("executor is not serving: start it with `await start(nursery)`")
 
-    def _enqueue(self, x: np.ndarray, now: float) -> _Pending:
+    def _enqueue(self, x: np.ndarray, now: float,
+                 wanted: Callable[[], bool] | None = None) -> _Pending:
         """Checks ``x`` and queues it (BadInput, QueueFull, ExecutorClosed otherwise)."""
         assert self._send is not None
-        pending = _Pending(check_input(self._current.config, x), now, trio.Event())
+        pending = _Pending(check_input(self._current.config, x), now, trio.Event(), wanted)
         try:
             self._send.send_nowait(pending)
         except trio.WouldBlock:
@@ -513,17 +526,33 @@ class Executor:
                 pending.done.set()
 
     async def _next_batch(self, receive: trio.MemoryReceiveChannel[_Pending]) -> list[_Pending]:
-        batch = [await receive.receive()]
+        first = await receive.receive()
+        while not self._still_wanted(first):
+            first = await receive.receive()
+        batch = [first]
         # The delay counts from when the first input was queued, not from when it is taken.
-        with trio.move_on_at(batch[0].queued_at + self.max_queue_delay):
+        with trio.move_on_at(first.queued_at + self.max_queue_delay):
             while len(batch) < self.max_batch_size:
-                batch.append(await receive.receive())
+                pending = await receive.receive()
+                if self._still_wanted(pending):
+                    batch.append(pending)
         while len(batch) < self.max_batch_size:
             try:
-                batch.append(receive.receive_nowait())
+                pending = receive.receive_nowait()
             except trio.WouldBlock:
                 break
+            if self._still_wanted(pending):
+                batch.append(pending)
         return batch
+
+    def _still_wanted(self, pending: _Pending) -> bool:
+        """Whether ``pending`` joins the batch forming; if not, it is answered Skipped."""
+        if pending.wanted is None or pending.wanted():
+            return True
+        self.stats.skipped += 1
+        pending.error = Skipped("the input was no longer wanted when its batch formed")
+        pending.done.set()
+        return False
 
     def _bucket(self, n: int) -> int:
         return bucket_for(self.buckets, n)

@@ -11,7 +11,7 @@ the one the manifest names (the node's genesis version), so votes check out.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import trio
@@ -61,7 +61,10 @@ class NullExecutor:
                           top_k=((self._config.labels[label], 1.0),),
                           model_version=self._version)
 
-    async def submit_many(self, xs: Sequence[np.ndarray]) -> list[Prediction | InferenceError]:
+    async def submit_many(
+        self, xs: Sequence[np.ndarray], wanted: Sequence[Callable[[], bool]] | None = None
+    ) -> list[Prediction | InferenceError]:
+        """Answers every input at once: nothing queues, so ``wanted`` is never asked."""
         out: list[Prediction | InferenceError] = [await self.submit(x) for x in xs]
         return out
 
