@@ -14,11 +14,11 @@ the machine can lose them. A lost executed batch comes back from the prepared pr
 2f+1 nodes fsynced before their COMMITs (and from the peers); a node whose machine went down
 without a clean stop (:attr:`SqliteLedger.lost_unsynced`: another boot id, no clean close)
 signs no PRE-PREPARE or PREPARE again in the views it may have signed them in (see
-docs/ledger.md). With
-``group_commit`` the writes of one replica event share one transaction that the node commits
-with :meth:`sync` *before* it carries out any of that event's actions (messages, replies);
-without it every write commits at once. A write that fails (full disk, read-only file) raises
-:class:`LedgerError`; the node stops rather than send anything that depends on it.
+docs/ledger.md). With ``group_commit`` the writes of one replica event share one transaction
+that the node commits with :meth:`sync` *before* it carries out any of that event's actions
+(messages, replies); without it every write commits at once. A write that fails (full disk,
+read-only file) raises :class:`LedgerError`; the node stops rather than send anything that
+depends on it.
 
 At open the file is checked (``PRAGMA quick_check``, schema version, group and node, the
 hash chain over committed batches and their sequence continuity); a corrupted or truncated
