@@ -281,12 +281,18 @@ async def test_garbage_malformed_and_oversized_frames_are_refused(group, digits)
             ("another group", Request.create(key, bytes(32), 9, "float32", (8, 8, 1),
                                              bytes(256)).encoded),
             ("VOTES from a client", votes.encoded),
+            ("NaN in the input", Request.create(
+                key, gid, 10, "float32", (8, 8, 1),
+                np.where(np.arange(64) % 9 == 0, np.nan, 1.0).astype("<f4").tobytes()).encoded),
         ]
+        reasons = {"wrong input shape": "input shape [28, 28, 1] is not the model's [8, 8, 1]",
+                   "NaN in the input": "input holds 8 NaN or inf values"}
         for name, frame in rejected:
             await framed.send(frame)
             kind, body = await next_control(framed)
             assert kind is control.Control.REJECT, f"{name}: answered {kind.name} {body}"
             assert body["node"] == target and body["reason"], f"{name}: {body}"
+            assert reasons.get(name, "") in body["reason"], f"{name}: {body}"
         acked = [
             ("unknown control kind", bytes([control.MAGIC, 0xEE]) + b"{}"),
             ("control body not JSON", bytes([control.MAGIC, control.Control.STATUS_QUERY])

@@ -24,7 +24,10 @@ from dropbear.inference import (
     Skipped,
     UnknownModel,
     buckets_up_to,
+    check_input,
+    check_inputs,
     decode_input,
+    decode_inputs,
     seeded,
 )
 from dropbear.inference import executor as executor_module
@@ -200,6 +203,20 @@ def test_submit_many_answers_in_order_and_refuses_only_the_bad_inputs(executor):
     assert executor.stats.batches - before <= 3  # 18 inputs queued at once: full batches
     with pytest.raises(ExecutorClosed, match="not serving"):
         trio.run(executor.submit_many, xs[:1])
+
+
+def test_submit_many_takes_a_stacked_batch_and_refuses_only_its_bad_rows(executor):
+    batch = images(12, seed=6)
+    batch[2, 3, 4, 0] = np.inf
+    batch[7] = np.nan
+    results = serve(executor, lambda ex: ex.submit_many(batch))
+    good = [i for i in range(12) if i not in (2, 7)]
+    direct = executor.predict(batch[good[:8]]) + executor.predict(batch[good[8:]])
+    assert [results[i].label for i in good] == [d.label for d in direct]
+    assert isinstance(results[2], BadInput) and "holds 1 NaN or inf values" in str(results[2])
+    assert isinstance(results[7], BadInput) and "holds 64 NaN or inf values" in str(results[7])
+    wrong = serve(executor, lambda ex: ex.submit_many(np.zeros((3, 4, 4, 1), np.float32)))
+    assert all(isinstance(r, BadInput) and "shape [4, 4, 1]" in str(r) for r in wrong)
 
 
 def test_inputs_no_longer_wanted_when_their_batch_forms_are_not_run(model):
@@ -429,6 +446,46 @@ def test_decode_input_from_request_bytes():
         decode_input(CONFIG, "float32", [8, 8, 1], bytes(255))
     with pytest.raises(BadInput, match="over the limit of 1048576"):
         decode_input(CONFIG, "float32", [8, 8, 1], bytes(2_000_000))
+
+
+def test_decode_inputs_stacks_the_well_formed_and_names_what_is_wrong_with_the_rest():
+    xs = images(4, seed=9)
+    items = [("float32", [8, 8, 1], xs[0].tobytes()),
+             ("uint8", [8, 8, 1], bytes(64)),
+             ("float32", [8, 8, 1], xs[1].tobytes()),
+             ("float32", [4, 4, 1], xs[2].tobytes()[:64]),
+             ("float32", [8, 8, 1], bytes(255)),
+             ("float32", [8, 8, 1], xs[3].tobytes())]
+    decoded = decode_inputs(CONFIG, items)
+    assert decoded.kept == [0, 2, 5]
+    assert decoded.batch.shape == (3, 8, 8, 1) and decoded.batch.dtype == np.float32
+    assert np.array_equal(decoded.batch, xs[[0, 1, 3]])
+    reasons = dict(decoded.refused)
+    assert sorted(reasons) == [1, 3, 4]
+    assert "input dtype 'uint8'" in str(reasons[1])
+    assert "input shape [4, 4, 1]" in str(reasons[3])
+    assert "input is 255 bytes, shape [8, 8, 1] needs 256" in str(reasons[4])
+    empty = decode_inputs(CONFIG, [])
+    assert empty.batch.shape == (0, 8, 8, 1) and empty.kept == [] and empty.refused == []
+
+
+def test_check_inputs_agrees_with_check_input_row_by_row():
+    batch = images(5, seed=10)
+    batch[1, 0, 0, 0] = np.nan
+    batch[4] = -np.inf
+    errors = check_inputs(CONFIG, batch)
+    for x, error in zip(batch, errors, strict=True):
+        if error is None:
+            assert check_input(CONFIG, x) is x
+        else:
+            with pytest.raises(BadInput, match=str(error)):
+                check_input(CONFIG, x)
+    assert [e is None for e in errors] == [True, False, True, True, False]
+    assert "dtype float64" in str(check_inputs(CONFIG, batch.astype(np.float64))[0])
+    assert [e is None for e in check_inputs(CONFIG, list(batch))] == [
+        e is None for e in errors]
+    with pytest.raises(BadInput, match="not a numpy array or a list"):
+        check_inputs(CONFIG, {"x": batch[0]})
 
 
 def test_full_queue_refuses_and_closed_executor_says_so(model):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from dropbear.inference import InferenceError, ModelRepository
+from dropbear.inference import BadInput, InferenceError, ModelRepository, Prediction
 from dropbear.inference.null import NullExecutor, null_label
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -25,6 +25,28 @@ def test_null_votes_are_a_function_of_the_input_alone() -> None:
     assert first == second == [null_label(x, 10) for x in inputs]
     assert len(set(first)) > 3  # spread over the classes, not one constant
     assert a.stats.inputs == 50
+
+
+def test_null_answers_a_stacked_batch_as_its_rows_one_by_one() -> None:
+    config = ModelRepository(MODELS).config("digits-cnn")
+    executor = NullExecutor(config, config.current_version)
+    inputs = np.random.default_rng(1).uniform(0, 16, (20, 8, 8, 1)).astype(np.float32)
+    stacked = trio.run(executor.submit_many, inputs)
+    assert [p.class_index for p in stacked] == [null_label(x, 10) for x in list(inputs)]
+
+
+def test_null_refuses_what_the_real_executor_refuses() -> None:
+    config = ModelRepository(MODELS).config("digits-cnn")
+    executor = NullExecutor(config, config.current_version)
+    inputs = np.ones((3, 8, 8, 1), np.float32)
+    inputs[1, 2, 2, 0] = np.nan
+    for answers in (trio.run(executor.submit_many, inputs),
+                    trio.run(executor.submit_many, list(inputs))):
+        assert isinstance(answers[0], Prediction) and isinstance(answers[2], Prediction)
+        assert isinstance(answers[1], BadInput)
+        assert "holds 1 NaN or inf values" in str(answers[1])
+    with pytest.raises(BadInput, match="input shape \\[4, 4, 1\\] is not the model's"):
+        trio.run(executor.submit, np.ones((4, 4, 1), np.float32))
 
 
 def test_null_switch_needs_a_staged_version() -> None:

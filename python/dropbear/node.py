@@ -45,12 +45,12 @@ from dropbear.consensus import (
     TimerFired,
 )
 from dropbear.inference import (
-    BadInput,
     Executor,
     InferenceError,
     ModelRepository,
     Skipped,
-    decode_input,
+    check_inputs,
+    decode_inputs,
 )
 from dropbear.manifest import Manifest
 from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
@@ -58,6 +58,9 @@ from dropbear.wire import Certificate, Commit, ModelUpdate, Request, Vote, WireE
 from dropbear.wire import Reply as ReplyMessage
 
 log = logging.getLogger("dropbear.node")
+
+_Intake = tuple[Request, PeerIdentity, Sender]
+"""A client's REQUEST waiting for the intake loop, with where it came from (for a refusal)."""
 
 HEAP_RESETTLE_DELAY_S = 1.0
 """How long after a model switch the node collects what the previous version left."""
@@ -196,7 +199,7 @@ class Node:
             for peer, info in enumerate(manifest.nodes)
             if peer != node_id
         }
-        self._intake_send, self._intake_receive = trio.open_memory_channel[Request](
+        self._intake_send, self._intake_receive = trio.open_memory_channel[_Intake](
             limits.NODE_INTAKE_QUEUE
         )
         self._inference_slots = Slots(
@@ -329,13 +332,8 @@ class Node:
                          f"request is for group {head.group_id.hex()[:16]}, this node serves "
                          f"{self.manifest.group_id.hex()[:16]}")
             return
-        try:
-            decode_input(self.executor.config, head.dtype, head.shape, message.data)
-        except BadInput as error:
-            self._reject(peer, sender, head.request_id, str(error))
-            return
-        try:
-            self._intake_send.send_nowait(message)
+        try:  # the input itself is checked by the intake loop, for many requests at once
+            self._intake_send.send_nowait((message, peer, sender))
         except trio.WouldBlock:
             self._reject(peer, sender, head.request_id,
                          f"node busy: {limits.NODE_INTAKE_QUEUE} requests waiting "
@@ -350,7 +348,8 @@ class Node:
             "transient": transient}))
 
     async def _intake_loop(self) -> None:
-        """Hands client requests to the replica in batches (one batch signature check)."""
+        """Hands client requests to the replica in batches (one batch signature check),
+        once their inputs are checked (dtype, shape, size, NaN or inf: one pass for all)."""
         while True:
             batch = [await self._intake_receive.receive()]
             while len(batch) < limits.NODE_INTAKE_BATCH:
@@ -358,8 +357,27 @@ class Node:
                     batch.append(self._intake_receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            self._handle(ClientRequest(tuple(batch)))
+            requests = self._refuse_bad_inputs(batch)
+            if requests:
+                self._handle(ClientRequest(requests))
             await trio.sleep(0)
+
+    def _refuse_bad_inputs(self, batch: Sequence[_Intake]) -> tuple[Request, ...]:
+        """The requests of ``batch`` whose inputs the model takes; tells each client what
+        is wrong with the others'."""
+        config = self.executor.config
+        decoded = decode_inputs(
+            config, [(m.header.dtype, m.header.shape, m.data) for m, _, _ in batch])
+        refused = dict(decoded.refused)
+        for i, error in zip(decoded.kept, check_inputs(config, decoded.batch), strict=True):
+            if error is not None:
+                refused[i] = error
+        if not refused:
+            return tuple(m for m, _, _ in batch)
+        for i, error in sorted(refused.items()):
+            message, peer, sender = batch[i]
+            self._reject(peer, sender, message.header.request_id, str(error))
+        return tuple(m for i, (m, _, _) in enumerate(batch) if i not in refused)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -497,18 +515,18 @@ class Node:
 
     async def _infer_chunk(self, chunk: Sequence[Request]) -> None:
         config = self.executor.config
-        requests, inputs = [], []
         awaits_votes = self.replica.awaits_votes
-        for request in chunk:
-            if not awaits_votes(request.digest):  # executed while it queued: no run
-                continue
-            head = request.header
-            try:
-                inputs.append(decode_input(config, head.dtype, head.shape, request.data))
-            except InferenceError as error:
-                log.info("no vote for request %s: %s", request.digest.hex()[:12], error)
-                continue
-            requests.append(request)
+        # Executed while it queued: no run.
+        waiting = [request for request in chunk if awaits_votes(request.digest)]
+        # One array for the chunk (intake checked each input already, see _refuse_bad_inputs).
+        decoded = decode_inputs(
+            config, [(r.header.dtype, r.header.shape, r.data) for r in waiting])
+        for i, error in decoded.refused:
+            log.info("no vote for request %s: %s", waiting[i].digest.hex()[:12], error)
+        requests = [waiting[i] for i in decoded.kept]
+        if not requests:
+            return
+        inputs = decoded.batch
         # A slot per request, so that the executor's queue never overflows.
         await self._inference_slots.take(len(requests))
         try:

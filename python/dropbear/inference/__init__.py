@@ -19,13 +19,16 @@ from dropbear.inference.errors import (
     UnknownModel,
 )
 from dropbear.inference.executor import (
+    DecodedInputs,
     Executor,
     ExecutorStats,
     Prediction,
     buckets_up_to,
     check_batch,
     check_input,
+    check_inputs,
     decode_input,
+    decode_inputs,
 )
 from dropbear.inference.parameters import ModelVersion, Parameters
 from dropbear.inference.repository import (
@@ -40,6 +43,7 @@ __all__ = [
     "BadConfig",
     "BadInput",
     "CorruptModel",
+    "DecodedInputs",
     "Executor",
     "ExecutorClosed",
     "ExecutorStats",
@@ -57,6 +61,8 @@ __all__ = [
     "buckets_up_to",
     "check_batch",
     "check_input",
+    "check_inputs",
     "decode_input",
+    "decode_inputs",
     "seeded",
 ]

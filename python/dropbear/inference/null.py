@@ -17,7 +17,7 @@ import numpy as np
 import trio
 
 from dropbear.inference.errors import InferenceError
-from dropbear.inference.executor import ExecutorStats, Prediction
+from dropbear.inference.executor import ExecutorStats, Prediction, check_input, check_inputs
 from dropbear.inference.parameters import ModelVersion
 from dropbear.inference.repository import LoadedModel, ModelConfig
 from dropbear.limits import INFERENCE_MAX_QUEUE_LENGTH
@@ -54,6 +54,10 @@ class NullExecutor:
         """Nothing to run in the background."""
 
     async def submit(self, x: np.ndarray) -> Prediction:
+        """The null vote on ``x``; BadInput (as the real executor) if it is no valid input."""
+        return self._answer(check_input(self._config, x))
+
+    def _answer(self, x: np.ndarray) -> Prediction:
         label = null_label(x, len(self._config.labels))
         self.stats.batches += 1
         self.stats.inputs += 1
@@ -62,11 +66,16 @@ class NullExecutor:
                           model_version=self._version)
 
     async def submit_many(
-        self, xs: Sequence[np.ndarray], wanted: Sequence[Callable[[], bool]] | None = None
+        self, xs: Sequence[np.ndarray] | np.ndarray,
+        wanted: Sequence[Callable[[], bool]] | None = None
     ) -> list[Prediction | InferenceError]:
-        """Answers every input at once: nothing queues, so ``wanted`` is never asked."""
-        out: list[Prediction | InferenceError] = [await self.submit(x) for x in xs]
-        return out
+        """Answers every input (or every row of a stacked array) at once, or refuses it as
+        the real executor does (BadInput): nothing queues, so ``wanted`` is never asked."""
+        if wanted is not None and len(wanted) != len(xs):
+            raise ValueError(f"{len(wanted)} wanted checks for {len(xs)} inputs")
+        errors = check_inputs(self._config, xs if isinstance(xs, np.ndarray) else list(xs))
+        return [self._answer(x) if error is None else error
+                for x, error in zip(xs, errors, strict=True)]
 
     async def stage(self, model: LoadedModel) -> ModelVersion:
         self._staged.add(model.version)
