@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import trio
+from dropbear import limits
 from dropbear.inference import (
     BadConfig,
     BadInput,
@@ -467,6 +468,25 @@ def test_decode_inputs_stacks_the_well_formed_and_names_what_is_wrong_with_the_r
     assert "input is 255 bytes, shape [8, 8, 1] needs 256" in str(reasons[4])
     empty = decode_inputs(CONFIG, [])
     assert empty.batch.shape == (0, 8, 8, 1) and empty.kept == [] and empty.refused == []
+
+
+def test_decode_inputs_reads_large_inputs_in_place_instead_of_stacking_them():
+    big = ModelConfig(name="big", architecture="mlp", input_shape=(224, 224, 3),
+                      labels=("a", "b", "c"))
+    size = 224 * 224 * 3 * 4
+    rng = np.random.default_rng(11)
+    datas = [rng.random((224, 224, 3), dtype=np.float32).tobytes() for _ in range(3)]
+    items = [("float32", [224, 224, 3], datas[0]), ("float32", [224, 224, 3], bytes(size - 4)),
+             ("float32", [224, 224, 3], datas[1]), ("float32", [224, 224, 3], datas[2])]
+    assert 3 * size > limits.INFERENCE_STACK_BYTES >= size
+    decoded = decode_inputs(big, items)
+    assert decoded.kept == [0, 2, 3] and [i for i, _ in decoded.refused] == [1]
+    assert isinstance(decoded.batch, list) and len(decoded.batch) == 3
+    for x, data in zip(decoded.batch, (datas[0], datas[1], datas[2]), strict=True):
+        assert x.shape == (224, 224, 3) and not x.flags.owndata and x.tobytes() == data
+    assert check_inputs(big, decoded.batch) == [None, None, None]
+    one = decode_inputs(big, items[:1])  # one input fits: an array of one
+    assert isinstance(one.batch, np.ndarray) and one.batch.shape == (1, 224, 224, 3)
 
 
 def test_check_inputs_agrees_with_check_input_row_by_row():

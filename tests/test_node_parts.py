@@ -191,3 +191,66 @@ async def test_a_request_executed_while_it_queued_for_the_model_gets_no_run(tmp_
         nursery.cancel_scope.cancel()
     assert [v.request for v in voted] == [r.digest for r in requests[4:8]]
     assert (executor.stats.batches, executor.stats.inputs, executor.stats.skipped) == (1, 4, 4)
+
+
+async def test_client_requests_with_bad_inputs_are_refused_and_the_rest_go_on_in_order():
+    """The frame handler refuses what a request's header gives away (dtype, shape, size);
+    the intake loop finds NaN and inf values for a whole batch at once: each client hears
+    what is wrong with its own request, and the good ones reach the replica in order."""
+    import numpy as np
+    from dropbear import control
+    from dropbear.consensus import ClientRequest
+    from dropbear.inference import ModelRepository
+    from dropbear.inference.null import NullExecutor
+    from dropbear.net import PeerIdentity, Role
+    from dropbear.node import Node
+    from dropbear.wire import Request
+    from sim.group import key, make_group
+
+    group = make_group(4)
+    manifest = group.manifest
+    executor = NullExecutor(ModelRepository("models").config("digits-mlp"),
+                            manifest.nodes[0].model_version.hex())
+    node = Node(manifest, 0, group.node_keys[0], executor, ModelRepository("models"))
+    handled: list = []
+    node._handle = handled.append
+
+    class Answers:
+        def __init__(self):
+            self.frames: list[bytes] = []
+
+        def send(self, payload: bytes) -> bool:
+            self.frames.append(payload)
+            return True
+
+    client = key("intake/client")
+    peer, answers = PeerIdentity(Role.CLIENT, client.public_key), Answers()
+
+    def request(i: int, x: np.ndarray) -> Request:
+        return Request.create(client, manifest.group_id, i, "float32", x.shape,
+                              x.astype("<f4").tobytes())
+
+    good = np.ones((8, 8, 1), np.float32)
+    nan, inf = good.copy(), good.copy()
+    nan[3, 3, 0] = np.nan
+    inf[0, :, 0] = -np.inf
+    requests = [request(0, good), request(1, nan), request(2, 2 * good),
+                request(3, np.ones((28, 28, 1), np.float32)), request(4, inf),
+                request(5, 3 * good)]
+    for r in requests:
+        node._on_client_frame(peer, r.encoded, answers)
+    assert node._intake_receive.statistics().current_buffer_used == 5  # not the wrong shape
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._intake_loop)
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert len(handled) == 1 and isinstance(handled[0], ClientRequest)  # one intake batch
+    assert [r.header.request_id for r in handled[0].requests] == [0, 2, 5]
+    reasons = {}
+    for frame in answers.frames:
+        kind, body = control.decode(frame)
+        assert kind is control.Control.REJECT and body["node"] == 0 and not body["transient"]
+        reasons[body["request_id"]] = body["reason"]
+    assert reasons == {3: "input shape [28, 28, 1] is not the model's [8, 8, 1]",
+                       1: "input holds 1 NaN or inf values",
+                       4: "input holds 8 NaN or inf values"}

@@ -29,6 +29,9 @@ INFERENCE_INLINE_SLOW_RUNS = 3
 worker threads for good (one slow run may be a hiccup, not the model)."""
 INFERENCE_MAX_INPUT_BYTES = 1 << 20
 """Bytes of one model input (224x224x3 float32 is 602,112)."""
+INFERENCE_STACK_BYTES = 1 << 20
+"""Bytes of request inputs a node copies into one array to check or run them together
+(digit inputs: 4,096 of 256 bytes); larger inputs are read in place, one by one."""
 INFERENCE_MAX_TOP_K = 10
 """Most labels a prediction lists besides the top-1."""
 INFERENCE_MAX_PARAMETER_BYTES = 1 << 30

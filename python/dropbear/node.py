@@ -45,11 +45,13 @@ from dropbear.consensus import (
     TimerFired,
 )
 from dropbear.inference import (
+    BadInput,
     Executor,
     InferenceError,
     ModelRepository,
     Skipped,
     check_inputs,
+    check_request_input,
     decode_inputs,
 )
 from dropbear.manifest import Manifest
@@ -332,7 +334,12 @@ class Node:
                          f"request is for group {head.group_id.hex()[:16]}, this node serves "
                          f"{self.manifest.group_id.hex()[:16]}")
             return
-        try:  # the input itself is checked by the intake loop, for many requests at once
+        try:  # what the header tells now; NaN or inf values in the intake loop, in one pass
+            check_request_input(self.executor.config, head.dtype, head.shape, len(message.data))
+        except BadInput as error:
+            self._reject(peer, sender, head.request_id, str(error))
+            return
+        try:
             self._intake_send.send_nowait((message, peer, sender))
         except trio.WouldBlock:
             self._reject(peer, sender, head.request_id,
@@ -349,7 +356,7 @@ class Node:
 
     async def _intake_loop(self) -> None:
         """Hands client requests to the replica in batches (one batch signature check),
-        once their inputs are checked (dtype, shape, size, NaN or inf: one pass for all)."""
+        once their inputs are checked for NaN or inf values (one pass for all)."""
         while True:
             batch = [await self._intake_receive.receive()]
             while len(batch) < limits.NODE_INTAKE_BATCH:

@@ -27,6 +27,7 @@ from dropbear.inference.executor import (
     check_batch,
     check_input,
     check_inputs,
+    check_request_input,
     decode_input,
     decode_inputs,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "check_batch",
     "check_input",
     "check_inputs",
+    "check_request_input",
     "decode_input",
     "decode_inputs",
     "seeded",

@@ -45,6 +45,7 @@ from dropbear.limits import (
     INFERENCE_MAX_QUEUE_DELAY_S,
     INFERENCE_MAX_QUEUE_LENGTH,
     INFERENCE_MAX_STAGED_VERSIONS,
+    INFERENCE_STACK_BYTES,
 )
 
 
@@ -75,9 +76,10 @@ def buckets_up_to(max_batch_size: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _check_request_input(config: ModelConfig, dtype: str, shape: Sequence[int],
-                         nbytes: int) -> None:
-    """BadInput unless a request's ``(dtype, shape)`` and byte count fit ``config``."""
+def check_request_input(config: ModelConfig, dtype: str, shape: Sequence[int],
+                        nbytes: int) -> None:
+    """BadInput unless a request's ``(dtype, shape)`` and byte count fit ``config`` (what
+    can be told without reading the input's values)."""
     if nbytes > INFERENCE_MAX_INPUT_BYTES:
         raise BadInput(f"input is {nbytes} bytes, over the limit of {INFERENCE_MAX_INPUT_BYTES}")
     if dtype != config.input_dtype:
@@ -94,7 +96,7 @@ def decode_input(config: ModelConfig, dtype: str, shape: Sequence[int], data: by
 
     The byte count is checked before anything is allocated.
     """
-    _check_request_input(config, dtype, shape, len(data))
+    check_request_input(config, dtype, shape, len(data))
     # A read-only view of the request's bytes; copied only where the host is big-endian.
     x = np.frombuffer(data, dtype=_little_endian(config.input_dtype)).reshape(config.input_shape)
     if x.dtype != config.input_dtype:
@@ -105,32 +107,39 @@ def decode_input(config: ModelConfig, dtype: str, shape: Sequence[int], data: by
 class DecodedInputs(NamedTuple):
     """What :func:`decode_inputs` made of several requests' inputs."""
 
-    batch: np.ndarray
-    """The well-formed inputs stacked, ``(len(kept), *input_shape)``; not yet checked for
-    NaN or inf values (``Executor.submit_many`` does that, in one pass over the batch)."""
+    batch: np.ndarray | list[np.ndarray]
+    """The well-formed inputs, not yet checked for NaN or inf values (:func:`check_inputs`
+    does that): stacked, ``(len(kept), *input_shape)``, while they fit in
+    INFERENCE_STACK_BYTES; else a list of read-only views of the requests' bytes."""
     kept: list[int]
-    """The position, among the items given, of each row of ``batch``."""
+    """The position, among the items given, of each input of ``batch``."""
     refused: list[tuple[int, BadInput]]
     """The position of each item of the wrong dtype, shape or size, and why."""
 
 
 def decode_inputs(config: ModelConfig,
                   items: Sequence[tuple[str, Sequence[int], bytes]]) -> DecodedInputs:
-    """The inputs of several requests' ``(dtype, shape, bytes)`` as one batch: one copy of
-    their bytes and one array, where :func:`decode_input` makes an array per input."""
+    """The inputs of several requests' ``(dtype, shape, bytes)`` as one batch: small ones
+    in one array (one copy of their bytes, where :func:`decode_input` makes an array per
+    input), large ones as they are (no copy; see INFERENCE_STACK_BYTES)."""
     kept: list[int] = []
     refused: list[tuple[int, BadInput]] = []
     parts: list[bytes] = []
     for i, (dtype, shape, data) in enumerate(items):
         try:
-            _check_request_input(config, dtype, shape, len(data))
+            check_request_input(config, dtype, shape, len(data))
         except BadInput as error:
             refused.append((i, error))
             continue
         kept.append(i)
         parts.append(data)
-    batch = np.frombuffer(b"".join(parts), dtype=_little_endian(config.input_dtype))
-    batch = batch.reshape((len(kept), *config.input_shape))
+    wire = _little_endian(config.input_dtype)
+    if len(parts) * _input_bytes(config.input_dtype, config.input_shape) > INFERENCE_STACK_BYTES:
+        views = [np.frombuffer(data, dtype=wire).reshape(config.input_shape) for data in parts]
+        if wire != config.input_dtype:
+            views = [x.astype(config.input_dtype) for x in views]
+        return DecodedInputs(views, kept, refused)
+    batch = np.frombuffer(b"".join(parts), dtype=wire).reshape((len(kept), *config.input_shape))
     if batch.dtype != config.input_dtype:
         batch = batch.astype(config.input_dtype)
     return DecodedInputs(batch, kept, refused)
@@ -188,12 +197,12 @@ def check_inputs(config: ModelConfig, batch: Any) -> list[BadInput | None]:
         raise BadInput("inputs are a 0-d array, not a stack of inputs")
     n = batch.shape[0]
     if batch.shape[1:] != config.input_shape:
-        error = BadInput(f"input shape {list(batch.shape[1:])} is not the model's "
-                         f"{list(config.input_shape)}")
-        return [error] * n
+        reason = (f"input shape {list(batch.shape[1:])} is not the model's "
+                  f"{list(config.input_shape)}")
+        return [BadInput(reason) for _ in range(n)]
     if batch.dtype != np.dtype(config.input_dtype):
-        error = BadInput(f"input dtype {batch.dtype} is not the model's {config.input_dtype}")
-        return [error] * n
+        reason = f"input dtype {batch.dtype} is not the model's {config.input_dtype}"
+        return [BadInput(reason) for _ in range(n)]
     out: list[BadInput | None] = [None] * n
     if not _may_be_non_finite(config.input_dtype):
         return out
@@ -556,11 +565,13 @@ class Executor:
         on a first axis (checked in one pass, see :func:`check_inputs`). ``wanted``, one per
         input, is asked when the input's batch forms: an input no longer wanted then is not
         run (Skipped), so that inputs queued behind a backlog do not cost a run for nothing.
-        Raises ExecutorClosed when the batcher is not running."""
+        Raises ExecutorClosed when the batcher is not running, and BadInput when ``xs`` is
+        a 0-d array (no inputs to answer for one by one)."""
         if wanted is not None and len(wanted) != len(xs):
             raise ValueError(f"{len(wanted)} wanted checks for {len(xs)} inputs")
         self._check_serving()
-        errors = check_inputs(self._current.config, xs if isinstance(xs, np.ndarray) else list(xs))
+        config = self._current.config
+        errors = check_inputs(config, xs if isinstance(xs, np.ndarray) else list(xs))
         now = trio.current_time()
         out: list[Prediction | InferenceError | _Pending] = []
         for i, x in enumerate(xs):

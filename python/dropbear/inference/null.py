@@ -70,7 +70,8 @@ class NullExecutor:
         wanted: Sequence[Callable[[], bool]] | None = None
     ) -> list[Prediction | InferenceError]:
         """Answers every input (or every row of a stacked array) at once, or refuses it as
-        the real executor does (BadInput): nothing queues, so ``wanted`` is never asked."""
+        the real executor does (BadInput; raised for a 0-d array): nothing queues, so
+        ``wanted`` is never asked."""
         if wanted is not None and len(wanted) != len(xs):
             raise ValueError(f"{len(wanted)} wanted checks for {len(xs)} inputs")
         errors = check_inputs(self._config, xs if isinstance(xs, np.ndarray) else list(xs))
