@@ -525,7 +525,8 @@ class Node:
         awaits_votes = self.replica.awaits_votes
         # Executed while it queued: no run.
         waiting = [request for request in chunk if awaits_votes(request.digest)]
-        # One array for the chunk (intake checked each input already, see _refuse_bad_inputs).
+        # One array for the chunk. Client requests were checked at intake (_refuse_bad_inputs);
+        # one a peer forwarded was not, and is refused here or by submit_many.
         decoded = decode_inputs(
             config, [(r.header.dtype, r.header.shape, r.data) for r in waiting])
         for i, error in decoded.refused:
