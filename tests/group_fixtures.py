@@ -17,14 +17,13 @@ from typing import Any
 
 import trio
 from dropbear import _core, control
-from dropbear.certificate import Assembler
 from dropbear.client import Client
 from dropbear.deploy import MANIFEST_FILE, key_path, read_key
 from dropbear.launcher import GroupProcesses
 from dropbear.manifest import Manifest
 from dropbear.net import LocalIdentity, PeerIdentity, PeerLink, Role, Sender
 from dropbear.node import split_address
-from dropbear.wire import Certificate, Reply, WireError, decode
+from dropbear.wire import Reply, WireError, decode
 
 NODE_ARGS = ("--max-batch-size", "8", "--log-level", "INFO")
 """Small executor batches: fewer buckets to compile, so nodes start sooner."""
@@ -186,21 +185,6 @@ class RawClient:
             out = [r for r in out
                    if any(c.entry.request_id == request_id for c in r.certificates)]
         return out
-
-    def certificates(self, request_id: int | None = None) -> list[Certificate]:
-        """The whole certificates the REPLYs received make, as the real client makes them
-        (certificate.Assembler): a node's whole certificate, or 2f+1 nodes' shares of one
-        batch. Raises CertificateError on any certificate or share that does not verify."""
-        assembler = Assembler(self.manifest)
-        out: dict[bytes, Certificate] = {}
-        for reply in self.replies(request_id):
-            for cert in reply.certificates:
-                if request_id is not None and cert.entry.request_id != request_id:
-                    continue
-                whole = assembler.add(cert)
-                if whole is not None:
-                    out.setdefault(whole.encoded, whole)
-        return list(out.values())
 
     def rejects(self) -> list[tuple[int, int | None, str]]:
         """``(node, request id, reason)`` of every REJECT received."""

@@ -5,15 +5,7 @@ import dataclasses
 import pytest
 from dropbear import _core
 from dropbear.agreement import make_entry
-from dropbear.certificate import (
-    Assembler,
-    CertificateError,
-    build,
-    from_json,
-    is_valid,
-    to_json,
-    verify,
-)
+from dropbear.certificate import CertificateError, build, from_json, is_valid, to_json, verify
 from dropbear.evidence import Evidence, EvidenceBundle, EvidenceError
 from dropbear.manifest import Manifest, ManifestError
 from dropbear.wire import (
@@ -286,83 +278,3 @@ def test_reply_refuses_mixed_batches_and_ids_that_do_not_match_its_entries():
     data[offset + 7] = 101
     with pytest.raises(WireError, match="reply lists request 101 but carries 100"):
         decode(bytes(data))
-
-
-# --- assembling certificates from shares ----------------------------------------------------
-
-def share(index=3, node=0, n_entries=5):
-    """Node ``node``'s share of entry ``index``: its own COMMIT signature only."""
-    return certificate(n_entries, index, signers=(node,))
-
-
-def test_shares_of_2f_plus_1_nodes_make_a_certificate_that_verifies():
-    assembler = Assembler(M)
-    assert assembler.add(share(node=3)) is None
-    assert assembler.add(share(node=3)) is None  # the same node twice counts once
-    assert assembler.add(share(node=1)) is None
-    assert assembler.signers(share()) == [1, 3]
-    whole = assembler.add(share(node=0))
-    assert whole is not None
-    verify(whole, M)
-    assert [node for node, _ in whole.signatures] == [0, 1, 3]
-    assert whole.entry == share().entry and whole.proof == share().proof
-    # Another entry of the same batch is whole at once: its batch's signers are known.
-    other = assembler.add(share(index=1, node=2))
-    assert other is not None and other.leaf_index == 1
-    verify(other, M)
-    assert [node for node, _ in other.signatures] == [0, 1, 2]
-
-
-def test_a_whole_certificate_is_returned_as_it_came_and_helps_later_shares():
-    assembler = Assembler(M)
-    cert = certificate()
-    assert assembler.add(cert) is cert
-    assert assembler.add(share(index=0, node=3)) is not None
-
-
-def test_shares_of_different_batches_never_add_up():
-    assembler = Assembler(M)
-    assert assembler.add(share(node=0)) is None
-    assert assembler.add(share(node=1)) is None
-    # The third node's share is of another batch (another tree): no certificate.
-    assert assembler.add(share(index=3, node=2, n_entries=6)) is None
-    assert len(assembler) == 2
-
-
-@pytest.mark.parametrize("what", ["signature", "signer", "proof", "label", "empty"])
-def test_a_bad_share_is_refused_and_leaves_nothing_behind(what):
-    assembler = Assembler(M)
-    good = share(node=2)
-    (node, sig), = good.signatures
-    bad = {
-        "signature": dataclasses.replace(good, signatures=((node, bytes(64)),)),
-        "signer": dataclasses.replace(good, signatures=((7, sig),)),
-        "proof": dataclasses.replace(good, proof=good.proof[:-1]),
-        "label": dataclasses.replace(
-            good, entry=dataclasses.replace(good.entry, label=good.entry.label + 1)),
-        "empty": dataclasses.replace(good, signatures=()),
-    }[what]
-    with pytest.raises(CertificateError):
-        assembler.add(bad)
-    assert assembler.signers(good) == []
-    assert assembler.add(share(node=0)) is None
-    assert assembler.add(share(node=1)) is None
-    assert assembler.add(good) is not None
-
-
-def test_a_share_signed_by_another_node_is_refused():
-    assembler = Assembler(M)
-    good = share(node=2)
-    (_, sig), = good.signatures
-    with pytest.raises(CertificateError, match="bad commit signatures of nodes \\[1\\]"):
-        assembler.add(dataclasses.replace(good, signatures=((1, sig),)))
-
-
-def test_the_assembler_remembers_a_bounded_number_of_batches():
-    assembler = Assembler(M, limit=2)
-    batches = [share(index=0, node=0, n_entries=size) for size in (2, 3, 4)]
-    for cert in batches:
-        assert assembler.add(cert) is None
-    assert len(assembler) == 2
-    assert assembler.signers(batches[0]) == []  # the oldest was forgotten
-    assert assembler.signers(batches[2]) == [0]

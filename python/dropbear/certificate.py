@@ -7,13 +7,11 @@ that root (RFC 9162). The verification steps are those of docs/certificates.md.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from dropbear import _core, limits
+from dropbear import _core
 from dropbear.agreement import check_entry
 from dropbear.manifest import Manifest
 from dropbear.wire import Certificate, Commit, EntryVote, RequestEntry, WireError
@@ -22,7 +20,6 @@ __all__ = [
     "Certificate",
     "CertificateError",
     "build",
-    "Assembler",
     "verify",
     "is_valid",
     "to_json",
@@ -129,81 +126,6 @@ def verify_signatures(cert: Certificate, manifest: Manifest) -> None:
     bad = _core.batch_verify(items)
     if bad:
         raise CertificateError(f"bad commit signatures of nodes {[nodes[i] for i in bad]}")
-
-
-def batch_of(cert: Certificate) -> tuple:
-    """The COMMIT statement's fields, less the node: equal for every certificate of one
-    batch, whichever nodes' signatures it carries."""
-    return (cert.group_id, cert.view, cert.seq, cert.tree_size, cert.root)
-
-
-class Assembler:
-    """Makes whole certificates out of what nodes send a client.
-
-    A node replies either with a whole certificate (2f+1 COMMIT signatures, once its batch
-    committed) or, ahead of commit, with a **share**: the same entry and proof under the
-    root, with its own COMMIT signature only. :meth:`add` checks the entry (steps 1-3) and
-    each signature it has not seen for that batch (step 5), once, and returns the whole
-    certificate of the entry as soon as 2f+1 distinct nodes' signatures of its batch
-    verified, whichever replies they came in. What it returns verifies with :func:`verify`.
-
-    It remembers the signers of at most ``limit`` batches, least recently used first out:
-    a faulty node can make it forget a batch's shares (its client then re-sends and gets
-    whole certificates), never accept a signature it did not check.
-    """
-
-    def __init__(self, manifest: Manifest,
-                 limit: int = limits.CLIENT_VERIFIED_BATCHES) -> None:
-        self.manifest = manifest
-        self.limit = limit
-        self._signers: OrderedDict[tuple, dict[int, bytes]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._signers)
-
-    def signers(self, cert: Certificate) -> list[int]:
-        """The nodes whose signatures of ``cert``'s batch verified so far."""
-        return sorted(self._signers.get(batch_of(cert), ()))
-
-    def add(self, cert: Certificate) -> Certificate | None:
-        """The whole certificate of ``cert``'s entry once 2f+1 nodes' signatures of its batch
-        verified, else None (more shares needed). Raises CertificateError, remembering
-        none of its signatures, if ``cert`` is bad: the entry, its proof, a signer outside
-        the group or twice, or any signature that does not verify."""
-        verify_entry(cert, self.manifest)
-        nodes = [node for node, _ in cert.signatures]
-        if not nodes:
-            raise CertificateError("no commit signature")
-        if len(set(nodes)) != len(nodes) or any(not 0 <= i < self.manifest.n for i in nodes):
-            raise CertificateError(f"signers {nodes} are not distinct nodes below "
-                                   f"{self.manifest.n}")
-        batch = batch_of(cert)
-        known = self._signers.get(batch)
-        if known is None:
-            known = {}
-        else:
-            self._signers.move_to_end(batch)
-        new = [(node, signature) for node, signature in cert.signatures
-               if known.get(node) != signature]
-        if new:
-            bad = _core.batch_verify([
-                (cert.statement(node).encoded, signature, self.manifest.node_key(node))
-                for node, signature in new
-            ])
-            if bad:
-                raise CertificateError(
-                    f"bad commit signatures of nodes {[new[i][0] for i in bad]}")
-            if batch not in self._signers:
-                self._signers[batch] = known
-                while len(self._signers) > self.limit:
-                    self._signers.popitem(last=False)
-            known.update(new)
-        quorum = self.manifest.quorum
-        if len(known) < quorum:
-            return None
-        if len(cert.signatures) >= quorum:
-            return cert
-        return dataclasses.replace(cert, signatures=tuple(sorted(known.items()))[:quorum])
 
 
 def is_valid(cert: Certificate, manifest: Manifest) -> bool:

@@ -1,6 +1,5 @@
 """The Dropbear client: sends a request to every node, returns the first certificate that
-verifies against the manifest (a node's whole certificate, or one assembled from 2f+1
-nodes' shares sent ahead of commit), re-sending on timeout. A blocking facade wraps it for
+verifies against the manifest, re-sending on timeout. A blocking facade wraps it for
 scripts and notebooks.
 
     async with Client.connect(manifest, key) as client:
@@ -14,6 +13,7 @@ import functools
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,8 +85,7 @@ class Client:
         self._retry: dict[int, set[int]] = {}
         """Request id -> nodes that refused it for a full limit: re-sent after a backoff."""
         self._retry_due = trio.Event()
-        self._assembler = certificate.Assembler(manifest)
-        """Verified commit signatures per batch: whole certificates and shares meet here."""
+        self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
         self._flush = PassFlush()
         """Writes the queued REQUESTs, once per scheduler pass."""
 
@@ -208,23 +207,27 @@ class Client:
             self._accept(cert)
 
     def _accept(self, cert: Certificate) -> None:
-        """Completes the pending request that ``cert`` (whole, or a node's share) certifies,
-        once the signatures of its batch verified so far make a quorum."""
+        """Completes the pending request that ``cert`` certifies, if it verifies."""
         pending = self._pending.get(cert.entry.request_id)
         if (pending is None or pending.done.is_set()
                 or cert.entry.request != pending.request.digest
                 or cert.entry.client != self.key.public_key):
             return
         try:
-            # Every certificate of one batch carries the same commit signatures: each is
-            # checked once per batch, not once per request.
-            whole = self._assembler.add(cert)
+            certificate.verify_entry(cert, self.manifest)
+            signed = certificate.signed_part(cert)
+            if signed not in self._verified_batches:
+                # Every certificate of one batch carries the same commit signatures:
+                # check them once per batch, not once per request.
+                certificate.verify_signatures(cert, self.manifest)
+                self._verified_batches[signed] = None
+                if len(self._verified_batches) > limits.CLIENT_VERIFIED_BATCHES:
+                    self._verified_batches.popitem(last=False)
         except certificate.CertificateError:
             self.invalid_replies += 1
             return
-        if whole is not None:
-            pending.certificate = whole
-            pending.done.set()
+        pending.certificate = cert
+        pending.done.set()
 
     def _on_control(self, peer: PeerIdentity, frame: bytes) -> None:
         try:

@@ -177,6 +177,4 @@ CLIENT_DEADLINE_S = 60.0
 CLIENT_CONTROL_TIMEOUT_S = 30.0
 """Seconds a client waits for a node's answer to a control frame (status, update)."""
 CLIENT_VERIFIED_BATCHES = 1024
-"""Batches whose verified commit signatures a client remembers (certificate.Assembler): a
-batch's later certificates, and the shares of nodes that reply ahead of commit, are
-checked against them instead of again."""
+"""Committed batches whose commit signatures a client remembers having verified."""

@@ -425,8 +425,7 @@ class Node:
         switch waits: it must run after the switch. A REPLY's certificate carries 2f+1
         COMMITs, and each of them was sent only once its node's prepared proof (the batch
         included) was durable; so a REPLY goes out at once, unless our own COMMIT for it is
-        among the actions still waiting for this group commit (as it always is for a share,
-        which goes out beside our COMMIT)."""
+        among the actions still waiting for this group commit."""
         if isinstance(action, SetTimer | CancelTimer | Refuse):
             return True
         if isinstance(action, RequestInference):
@@ -475,7 +474,7 @@ class Node:
                     self._activate(version)
                 case Deliver():
                     self.delivered.append(action)
-                case Reply(client, certificate):  # a whole certificate, or our share
+                case Reply(client, certificate):
                     key = (client, *certificates.signed_part(certificate))
                     replies.setdefault(key, []).append(certificate)
                 case Refuse(client, request_id, reason, transient):
@@ -494,8 +493,7 @@ class Node:
         if queued:
             for link in self.links.values():
                 link.outbox.flush()
-        # One signed REPLY per client and batch (and per whole certificates or share),
-        # however many of its requests.
+        # One signed REPLY per client and committed batch, however many of its requests.
         for (client, *_), certs in replies.items():
             reply = ReplyMessage.of(self.node_id, certs).signed(self.key)
             if self.listener.send_to(client, reply.encoded):
@@ -507,8 +505,7 @@ class Node:
         view, prepared proofs). A failed write raises LedgerError: the node stops without
         sending anything that depends on it."""
         ledger = self._durable
-        ledger.save_certificates(
-            [a.certificate for a in actions if isinstance(a, Reply) and not a.share])
+        ledger.save_certificates([a.certificate for a in actions if isinstance(a, Reply)])
         for action in actions:
             match action:
                 case Deliver():

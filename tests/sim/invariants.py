@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dropbear import _core
-from dropbear.certificate import CertificateError, verify, verify_entry
+from dropbear.certificate import CertificateError, verify
 from dropbear.consensus import Deliver
 from dropbear.evidence import Evidence, EvidenceBundle
 from dropbear.wire import Certificate
@@ -28,22 +27,11 @@ class Checker:
         self.certificates = 0
         self.evidence: list[tuple[int, Evidence]] = []
         self._pending_certs: list[Certificate] = []
-        self._unmatched: list[Certificate] = []
-        """Clients' certificates of a seq no honest node committed yet."""
 
     def fail(self, what: str) -> None:
         raise InvariantViolation(f"seed {self.world.seed} t={self.world.now:.3f}: {what}")
 
     def after_step(self) -> None:
-        unmatched = []
-        for cert in self._unmatched:
-            root = self.roots.get(cert.seq)
-            if root is None:
-                unmatched.append(cert)
-            elif root != cert.root:
-                self.fail(f"a client's certificate root at seq {cert.seq} is not the "
-                          f"committed one")
-        self._unmatched = unmatched
         still = []
         for cert in self._pending_certs:
             if cert.seq - 1 in self.versions:
@@ -76,53 +64,24 @@ class Checker:
             self.versions[deliver.seq] = versions
 
     # Properties 2 and 3: every honest certificate verifies and matches the order.
-    def on_reply(self, node: SimNode, cert: Certificate, share: bool = False) -> None:
-        """A node's REPLY: a whole certificate, or its share sent ahead of commit (whose
-        batch may yet be replaced: only the certificates clients make of shares must match
-        the order, see :meth:`on_client_certificate`)."""
+    def on_reply(self, node: SimNode, cert: Certificate) -> None:
         if not node.honest:
             return
         try:
-            if share:
-                verify_entry(cert, self.world.manifest)
-                if [i for i, _ in cert.signatures] != [node.index]:
-                    self.fail(f"node {node.index}'s share carries the signatures of "
-                              f"{[i for i, _ in cert.signatures]}")
-                (i, signature), = cert.signatures
-                if _core.batch_verify([(cert.statement(i).encoded, signature,
-                                        self.world.manifest.node_key(i))]):
-                    self.fail(f"node {node.index}'s share has a bad signature")
-            else:
-                verify(cert, self.world.manifest)
-        except CertificateError as error:
-            self.fail(f"node {node.index} issued a bad certificate: {error}")
-        if not share and self.roots.get(cert.seq) != cert.root:
-            self.fail(f"certificate root at seq {cert.seq} is not the committed one")
-        self._check_votes(cert)
-        self._pending_certs.append(cert)
-        self.after_step()
-
-    def on_client_certificate(self, cert: Certificate) -> None:
-        """A certificate a client accepted (one node's, or made of 2f+1 shares): it verifies
-        alone, and its root is the one honest nodes commit at its seq (checked once one
-        did)."""
-        try:
             verify(cert, self.world.manifest)
         except CertificateError as error:
-            self.fail(f"a client accepted a bad certificate: {error}")
-        self._check_votes(cert)
-        self.certificates += 1
-        self._unmatched.append(cert)
-        self._pending_certs.append(cert)
-        self.after_step()
-
-    def _check_votes(self, cert: Certificate) -> None:
+            self.fail(f"node {node.index} issued a bad certificate: {error}")
+        if self.roots.get(cert.seq) != cert.root:
+            self.fail(f"certificate root at seq {cert.seq} is not the committed one")
         for vote in cert.entry.votes:
             voter = self.world.nodes[vote.node]
             if voter.honest and vote.label != voter.label(
                 vote.node, vote.model_version, cert.entry.request
             ):
                 self.fail(f"honest node {vote.node}'s vote was altered")
+        self.certificates += 1
+        self._pending_certs.append(cert)
+        self.after_step()
 
     # Property 4: every vote from the version current at the certificate's seq.
     def _check_versions(self, cert: Certificate) -> None:

@@ -82,40 +82,8 @@ def test_a_lone_request_is_proposed_at_once():
                                  request_timeout=4.0)
     world = World(seed=4, config=config)
     world.submit(0)
-    world.run_until(0.5, lambda: world.all_certified()
-                    and world.nodes[0].ledger.last_seq() == 1)
+    world.run_until(0.5, world.all_certified)
     assert world.all_certified() and world.nodes[0].ledger.last_seq() == 1
-
-
-def test_a_lone_request_is_certified_from_shares():
-    from .world import World
-
-    # The batch is the next to execute: every node replies with its COMMIT signature as it
-    # sends it, and the client makes the certificate out of 2f+1 of those shares before
-    # any node's whole certificate (sent after the commit round) reaches it.
-    world = World(seed=5)
-    arrived = []
-    receive = world._client_receive
-
-    def spy(client, cert):
-        arrived.append(len(cert.signatures))
-        receive(client, cert)
-
-    world._client_receive = spy
-    world.submit(0)
-    world.run_until(2.0, world.all_certified)
-    assert world.all_certified()
-    assert arrived == [1, 1, 1], arrived
-    (cert,) = world.clients[0].certified.values()
-    assert len(cert.signatures) == world.manifest.quorum
-    assert world.checker.certificates == 1
-    world.run_until(3.0)
-    assert [n.ledger.last_seq() for n in world.nodes] == [1] * 4
-    assert world.checker.roots[1] == cert.root
-    # The whole certificates followed, one per node, and each node keeps its own.
-    assert sorted(arrived) == [1] * 4 + [3] * 4
-    assert all(n.replica.cached_certificate(cert.entry.client, cert.entry.request_id)
-               is not None for n in world.nodes)
 
 
 def _resized(world, node, to, message):
@@ -148,8 +116,7 @@ def test_a_statement_of_the_right_root_and_another_size_counts_for_nothing():
         node.ledger.save_prepared = save
     replies = []
     on_reply = world.checker.on_reply
-    world.checker.on_reply = lambda node, cert, share=False: (
-        replies.append((cert, share)), on_reply(node, cert, share))
+    world.checker.on_reply = lambda node, cert: (replies.append(cert), on_reply(node, cert))
     world.nodes[3].outbox_filter = _resized
     world.nodes[3].honest = False
     for _ in range(6):
@@ -157,10 +124,7 @@ def test_a_statement_of_the_right_root_and_another_size_counts_for_nothing():
     world.run_until(8.0, world.all_certified)
     assert world.all_certified()
     assert saved and all(proofs.prepared_checks(world.manifest, p) is not None for p in saved)
-    assert replies and all(is_valid(cert, world.manifest) for cert, share in replies
-                           if not share)
-    certified = list(world.clients[0].certified.values())
-    assert len(certified) == 6 and all(is_valid(cert, world.manifest) for cert in certified)
+    assert replies and all(is_valid(cert, world.manifest) for cert in replies)
 
 
 def _project_afresh(replica, seq):
@@ -237,27 +201,19 @@ def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch
 def test_batches_cut_short_by_the_votes_limit_are_ordered():
     import dataclasses
 
-    from dropbear.limits import MAX_BATCH_VOTE_MESSAGES
-
     from .world import SIM_CONFIG, World
 
-    # A request brings up to 4 VOTES messages of its own (fewer where a node inferred it
-    # with others), so MAX_BATCH_VOTE_MESSAGES (256) cuts a batch at 64-ish requests,
-    # below the fill of 128.
+    # Each request brings 4 VOTES messages of its own, so MAX_BATCH_VOTE_MESSAGES (256)
+    # cuts a batch at 63 requests, below the fill of 128.
     config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=128,
                                  max_batch_entries=128, batch_wait=1.0, request_timeout=4.0)
-    world = World(seed=7, clients=2, config=config)
+    world = World(seed=5, clients=2, config=config)
     for i in range(120):  # 60 per client: within a client's window of 64
         world.at(0.0002 * i, lambda c=i % 2: world.submit(c))
     world.run_until(0.8, world.all_certified)
     assert world.all_certified()
-    world.run_until(world.now + 0.2)  # (a client may be certified by shares before commit)
-    batches = [b.batch for b in world.nodes[0].ledger.committed(1, 99)]
-    assert sum(len(b.requests) for b in batches) == 120
-    # The VOTES limit cut at least one batch: short of the fill, and too full of VOTES
-    # for one more request's.
-    assert any(len(b.requests) < 128 and len(b.votes) > MAX_BATCH_VOTE_MESSAGES - 4
-               for b in batches), [(len(b.requests), len(b.votes)) for b in batches]
+    sizes = [len(b.batch.requests) for b in world.nodes[0].ledger.committed(1, 99)]
+    assert max(sizes) == 63  # the VOTES limit cut at least one batch
 
 
 def _committed(world) -> list[list[bytes]]:

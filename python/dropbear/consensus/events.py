@@ -125,9 +125,6 @@ class Reply:
 
     client: bytes
     certificate: Certificate
-    share: bool = False
-    """Sent ahead of commit: ``certificate`` carries only our own COMMIT signature, and the
-    client makes the whole certificate out of 2f+1 nodes' shares (certificate.Assembler)."""
 
 
 @dataclass(frozen=True)

@@ -1115,36 +1115,9 @@ class Replica:
         if self._may_sign(statement):
             message = Commit(statement, self.key.sign(statement.encoded))
             self._broadcast(message)
-            self._share(seq, message)  # (before our COMMIT counts: it may commit at once)
             self._on_commit(message, verified=True)
         if self._paced:
             self._propose()  # the batch held back for this one goes now (after our COMMIT)
-
-    def _share(self, seq: int, commit: Commit) -> None:
-        """Replies ahead of commit with our ``commit`` signature, if batch ``seq`` is
-        prepared and the next one to execute: a client makes the whole certificate out of 2f+1
-        nodes' shares (certificate.Assembler) as soon as 2f+1 nodes are prepared, a message
-        delay before any node could send it one. The shares prove nothing until 2f+1 nodes
-        signed, and then the batch is committed (PBFT's committed predicate): the
-        certificate is the one the commit gives. Only when every entry is valid at our
-        executed state, which is the state the batch executes on, so that a share never
-        certifies an entry that executing makes void. The whole certificates still go
-        after execution: whichever way is faster answers the client (the other it skips
-        unread, :meth:`wire.Reply.peek`). Under load, batches prepared behind others in
-        flight are answered with whole certificates only, one reply per batch for a
-        client to read rather than 2f+1 more."""
-        slot = self._slots.get(seq)
-        if (self._replaying or seq != self.state.seq + 1 or slot is None or not slot.prepared
-                or slot.committed):
-            return
-        if not _matches(slot, commit.statement):
-            return
-        derived = slot.derived
-        if not derived.entries or isinstance(self.state.after(derived, seq, slot.root), str):
-            return
-        certs = build_certificates(self.gid, slot.view, seq, derived.leaves,
-                                   list(enumerate(derived.entries)), (commit,))
-        self._out.extend(Reply(cert.entry.client, cert, share=True) for cert in certs)
 
     def _on_commit(self, message: Commit, verified: bool = False) -> None:
         s = message.statement
