@@ -136,6 +136,12 @@ further batch in flight, up to MAX_BATCH_ENTRIES) waits for more..."""
 BATCH_WAIT = 0.02
 """...for at most this many seconds (long enough to fill batches when a batch takes a few
 wide-area round trips to commit; on loopback, batches fill long before)."""
+BATCH_HOLD_MIN = 8
+"""No batch waits (neither for BATCH_FILL nor for the prepare phase) while the requests in
+flight and its own are fewer than this: at low load waiting gathers next to nothing, and
+over three sites a batch paced by its predecessor's prepare phase makes every request wait
+a one-way delay more. 8 keeps the wait at 200 req/s on loopback (about 17 in flight), where
+the saved batches are CPU this machine needs (see benches/README.md, tenth round)."""
 REQUEST_TIMEOUT = 1.0
 """Seconds a backup waits for an orderable request to commit before it suspects the primary."""
 VIEW_CHANGE_TIMEOUT = 1.0

@@ -177,6 +177,7 @@ def test_the_kept_projection_is_always_the_one_computed_afresh(schedule, monkeyp
 
 def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch():
     import dataclasses
+    from types import SimpleNamespace
 
     from dropbear.wire import Batch
 
@@ -185,6 +186,10 @@ def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch
     config = dataclasses.replace(SIM_CONFIG, eager_depth=2, batch_fill=8, max_batch_entries=30)
     replica = World(seed=1, config=config).nodes[0].replica
     replica.state.seq = 10
+    for seq in range(11, 21):  # prepared batches in flight, a fill each (load to gather)
+        replica._slots[seq] = SimpleNamespace(
+            prepared=True, derived=SimpleNamespace(headers=()),
+            batch=SimpleNamespace(requests=(None,) * 8))
 
     def held(in_flight: int, requests: int, full: bool = False) -> bool:
         replica._running.discard("batch-wait")
@@ -201,19 +206,28 @@ def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch
 def test_batches_cut_short_by_the_votes_limit_are_ordered():
     import dataclasses
 
+    from dropbear.limits import MAX_BATCH_VOTE_MESSAGES
+
     from .world import SIM_CONFIG, World
 
-    # Each request brings 4 VOTES messages of its own, so MAX_BATCH_VOTE_MESSAGES (256)
-    # cuts a batch at 63 requests, below the fill of 128.
+    # A request brings up to 4 VOTES messages of its own (fewer where a node inferred it
+    # with others), so MAX_BATCH_VOTE_MESSAGES (256) cuts a batch at about 64 requests,
+    # below the fill of 128 (which the 240 requests, 60 per client, give load enough for).
     config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=128,
                                  max_batch_entries=128, batch_wait=1.0, request_timeout=4.0)
-    world = World(seed=5, clients=2, config=config)
-    for i in range(120):  # 60 per client: within a client's window of 64
-        world.at(0.0002 * i, lambda c=i % 2: world.submit(c))
-    world.run_until(0.8, world.all_certified)
+    world = World(seed=5, clients=4, config=config)
+    for i in range(240):  # 60 per client: within a client's window of 64
+        world.at(0.0001 * i, lambda c=i % 4: world.submit(c))
+    world.run_until(2.0, world.all_certified)
     assert world.all_certified()
-    sizes = [len(b.batch.requests) for b in world.nodes[0].ledger.committed(1, 99)]
-    assert max(sizes) == 63  # the VOTES limit cut at least one batch
+    world.run_until(world.now + 0.3)
+    batches = [b.batch for b in world.nodes[0].ledger.committed(1, 99)]
+    assert sum(len(b.requests) for b in batches) == 240
+    # The VOTES limit cut batches: short of the fill, too full of VOTES for another
+    # request's four.
+    cut = [len(b.requests) for b in batches
+           if len(b.requests) < 128 and len(b.votes) > MAX_BATCH_VOTE_MESSAGES - 4]
+    assert len(cut) >= 2, [(len(b.requests), len(b.votes)) for b in batches]
 
 
 def _committed(world) -> list[list[bytes]]:
@@ -281,7 +295,8 @@ def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():
     config = dataclasses.replace(SIM_CONFIG, eager_depth=2, batch_fill=8, max_batch_entries=30)
     replica = World(seed=1, config=config).nodes[0].replica
     replica.state.seq = 10
-    slots = {seq: SimpleNamespace(prepared=False, derived=SimpleNamespace(headers=()))
+    slots = {seq: SimpleNamespace(prepared=False, derived=SimpleNamespace(headers=()),
+                                  batch=SimpleNamespace(requests=(None,) * 8))
              for seq in (11, 12)}
     for seq, slot in slots.items():
         replica._slots[seq] = slot
@@ -296,6 +311,38 @@ def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():
     slots[11].prepared = True
     assert not held(20)  # one unprepared: only the fill (8) counts again
     assert held(7) and not replica._paced
+
+
+def test_no_batch_waits_while_the_requests_in_flight_and_its_own_are_fewer_than_hold_min():
+    """At low load (requests in flight and ready, together, fewer than hold_min) a batch goes
+    at once, however many batches are in flight or unprepared: waiting would not fill it,
+    and far apart it would make each next batch wait in turn."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from dropbear.wire import Batch
+
+    from .world import SIM_CONFIG, World
+
+    config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=16, hold_min=8,
+                                 max_batch_entries=30)
+    replica = World(seed=1, config=config).nodes[0].replica
+    replica.state.seq = 10
+    for seq in (11, 12):  # two unprepared batches in flight, of one request each
+        replica._slots[seq] = SimpleNamespace(
+            prepared=False, derived=SimpleNamespace(headers=()),
+            batch=SimpleNamespace(requests=(None,)))
+
+    def held(requests: int) -> bool:
+        replica._running.discard("batch-wait")
+        return replica._hold_back(13, Batch(requests=(None,) * requests))
+
+    assert not held(1) and not held(5)  # 2 + 5 < 8: at once
+    assert "batch-wait" not in replica._running
+    assert held(6) and replica._paced  # 2 + 6: load enough, and both are unprepared
+    replica._slots[11].prepared = replica._slots[12].prepared = True
+    assert held(6) and not replica._paced  # prepared, but 2 in flight ask for a fuller one
+    assert "batch-wait" in replica._running
 
 
 def test_a_batch_held_for_the_prepare_phase_goes_as_soon_as_its_predecessor_is_prepared(

@@ -91,6 +91,7 @@ class ReplicaConfig:
     eager_depth: int = L.EAGER_DEPTH
     batch_fill: int = L.BATCH_FILL
     batch_wait: float = L.BATCH_WAIT
+    hold_min: int = L.BATCH_HOLD_MIN
     request_timeout: float = L.REQUEST_TIMEOUT
     view_change_timeout: float = L.VIEW_CHANGE_TIMEOUT
     max_view_change_timeout: float = L.MAX_VIEW_CHANGE_TIMEOUT
@@ -105,6 +106,8 @@ class ReplicaConfig:
         if self.eager_depth < 1 or self.batch_fill < 1:
             raise ValueError(f"eager depth {self.eager_depth} and batch fill {self.batch_fill} "
                              "must be at least 1")
+        if self.hold_min < 0:
+            raise ValueError(f"hold minimum {self.hold_min} must be at least 0")
         if not 0 < self.checkpoint_interval <= self.window // 2:
             raise ValueError(
                 f"checkpoint interval {self.checkpoint_interval} must be in 1..window/2 "
@@ -832,7 +835,8 @@ class Replica:
 
     def _hold_back(self, seq: int, batch: Batch, full: bool = False) -> bool:
         """Whether to wait for a fuller batch (never when a limit cut it short: ``full``,
-        it is as full as it gets): with ``eager_depth`` batches already in flight,
+        it is as full as it gets; nor while the requests in flight and this batch's are
+        fewer than ``hold_min``): with ``eager_depth`` batches already in flight,
         a batch of fewer than ``batch_fill`` requests waits (at most ``batch_wait``) for more,
         and each further batch in flight asks for ``batch_fill`` more. At low load every
         request is proposed at once; under load (or with long round trips, which keep many
@@ -843,6 +847,11 @@ class Replica:
         where the prepare phase advances one batch per one-way delay, this is what keeps
         batches large and few."""
         if full or self._batch_due or batch.updates:
+            return False
+        if self._in_flight_requests(seq) + len(batch.requests) < self.config.hold_min:
+            # Too little load for waiting to gather a batch (``hold_min``): holding these
+            # back would only add a wait to every request, and far apart a batch waiting
+            # for its predecessor to be prepared makes the next one wait in turn.
             return False
         largest = self.config.max_batch_entries
         if len(batch.requests) < largest and self._unprepared(seq) >= self.config.eager_depth:
@@ -864,6 +873,12 @@ class Replica:
         self._short, self._newly_orderable = (fill - len(batch.requests), len(batch.votes)), 0
         self._paced = False
         return True
+
+    def _in_flight_requests(self, seq: int) -> int:
+        """Requests in the batches in flight below ``seq`` (proposed, not executed)."""
+        slots = self._slots
+        return sum(len(slot.batch.requests) for s in range(self.state.seq + 1, seq)
+                   if (slot := slots.get(s)) is not None)
 
     def _unprepared(self, seq: int) -> int:
         """Batches in flight below ``seq`` not yet prepared here."""
