@@ -140,8 +140,9 @@ BATCH_HOLD_MIN = 8
 """No batch waits (neither for BATCH_FILL nor for the prepare phase) while the requests in
 flight and its own are fewer than this: at low load waiting gathers next to nothing, and
 over three sites a batch paced by its predecessor's prepare phase makes every request wait
-a one-way delay more. 8 keeps the wait at 200 req/s on loopback (about 17 in flight), where
-the saved batches are CPU this machine needs (see benches/README.md, tenth round)."""
+a one-way delay more. One BATCH_FILL (32) was too many: digits at 200 req/s on loopback,
+at the edge of this machine's CPU, got p50 84 -> 106 ms from the extra batches; with 8,
+p50 0.92x (see benches/README.md, tenth round)."""
 REQUEST_TIMEOUT = 1.0
 """Seconds a backup waits for an orderable request to commit before it suspects the primary."""
 VIEW_CHANGE_TIMEOUT = 1.0
