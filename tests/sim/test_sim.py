@@ -175,9 +175,17 @@ def test_the_kept_projection_is_always_the_one_computed_afresh(schedule, monkeyp
     assert calls  # projections past the executed state were asked for and checked
 
 
+def _slot_in_flight(prepared: bool, requests: int):
+    """A stand-in for a replica's slot, with what ``_hold_back`` reads of it: whether it is
+    prepared and how many requests its batch holds."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(prepared=prepared, derived=SimpleNamespace(headers=()),
+                           batch=SimpleNamespace(requests=(None,) * requests))
+
+
 def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch():
     import dataclasses
-    from types import SimpleNamespace
 
     from dropbear.wire import Batch
 
@@ -187,9 +195,7 @@ def test_each_batch_in_flight_beyond_the_eager_ones_asks_for_a_fuller_next_batch
     replica = World(seed=1, config=config).nodes[0].replica
     replica.state.seq = 10
     for seq in range(11, 21):  # prepared batches in flight, a fill each (load to gather)
-        replica._slots[seq] = SimpleNamespace(
-            prepared=True, derived=SimpleNamespace(headers=()),
-            batch=SimpleNamespace(requests=(None,) * 8))
+        replica._slots[seq] = _slot_in_flight(prepared=True, requests=8)
 
     def held(in_flight: int, requests: int, full: bool = False) -> bool:
         replica._running.discard("batch-wait")
@@ -286,7 +292,6 @@ def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():
     flight are not prepared, a new batch (however full, short of the largest) gathers
     requests instead, and goes when one of them is prepared."""
     import dataclasses
-    from types import SimpleNamespace
 
     from dropbear.wire import Batch
 
@@ -295,9 +300,7 @@ def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():
     config = dataclasses.replace(SIM_CONFIG, eager_depth=2, batch_fill=8, max_batch_entries=30)
     replica = World(seed=1, config=config).nodes[0].replica
     replica.state.seq = 10
-    slots = {seq: SimpleNamespace(prepared=False, derived=SimpleNamespace(headers=()),
-                                  batch=SimpleNamespace(requests=(None,) * 8))
-             for seq in (11, 12)}
+    slots = {seq: _slot_in_flight(prepared=False, requests=8) for seq in (11, 12)}
     for seq, slot in slots.items():
         replica._slots[seq] = slot
 
@@ -318,7 +321,6 @@ def test_no_batch_waits_while_the_requests_in_flight_and_its_own_are_fewer_than_
     at once, however many batches are in flight or unprepared: waiting would not fill it,
     and far apart it would make each next batch wait in turn."""
     import dataclasses
-    from types import SimpleNamespace
 
     from dropbear.wire import Batch
 
@@ -329,9 +331,7 @@ def test_no_batch_waits_while_the_requests_in_flight_and_its_own_are_fewer_than_
     replica = World(seed=1, config=config).nodes[0].replica
     replica.state.seq = 10
     for seq in (11, 12):  # two unprepared batches in flight, of one request each
-        replica._slots[seq] = SimpleNamespace(
-            prepared=False, derived=SimpleNamespace(headers=()),
-            batch=SimpleNamespace(requests=(None,)))
+        replica._slots[seq] = _slot_in_flight(prepared=False, requests=1)
 
     def held(requests: int) -> bool:
         replica._running.discard("batch-wait")
