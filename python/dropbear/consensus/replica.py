@@ -12,7 +12,7 @@ executed in sequence order, each valid entry certified and replied.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -522,10 +522,6 @@ class Replica:
             if self.active and self.primary != self.me and self._has_orderable():
                 self._start_view_change(self.view + 1)
             else:
-                if self.active and self.primary != self.me:
-                    # Nothing executed for a whole period: tell every node what we voted,
-                    # so that all backups can tell whether the primary could order it.
-                    self._share_votes(self._requests)
                 self._update_progress_timer()
         elif name == VIEW_CHANGE and not self.active:
             # 2f+1 nodes want this view or a later one, yet no NEW-VIEW came: try the next.
@@ -564,7 +560,7 @@ class Replica:
             if digest in self._requests:  # a retransmission: help the stragglers
                 mine = self._my_votes.get(digest)
                 if mine is not None:
-                    self._share_votes((digest,))
+                    self._broadcast(mine)
                 retransmitted = True
                 continue
             cached = self._replies.get((head.client, head.request_id))
@@ -618,32 +614,8 @@ class Replica:
             for vote in chunk:
                 self._my_votes[vote.request] = message
             MEMO.put(message.encoded, message)  # a PRE-PREPARE will bring these bytes back
-            self._send_votes(message)
+            self._broadcast(message)
             self._on_votes(message, verified=True)
-
-    def _send_votes(self, message: Votes) -> None:
-        """Our VOTES go to the primary alone: only its batcher counts them, and a backup
-        checks those a PRE-PREPARE carries (n - 1 messages per inference batch, not n(n - 1)).
-        The primary keeps its own. During a view change they go to every node, as they do
-        for a request that waits too long (:meth:`_share_votes`)."""
-        if not self.active:
-            self._broadcast(message)
-        elif self.primary != self.me:
-            self._out.append(Send(self.primary, message))
-
-    def _share_votes(self, digests: Iterable[bytes]) -> None:
-        """Broadcasts our VOTES for these pending requests (each message once): with 2f+1
-        nodes doing so, every backup knows the primary could order them, and suspects it if
-        it still does not. Done when a client re-sends (by every node, so that all learn the
-        same), and by a backup each ``progress`` period that passes with nothing executed
-        (so a lost share, or a vote recomputed for a new model version, goes out again)."""
-        messages: dict[bytes, Votes] = {}
-        for digest in digests:
-            mine = self._my_votes.get(digest)
-            if mine is not None:
-                messages[mine.digest] = mine
-        for message in messages.values():
-            self._broadcast(message)
 
     def _on_votes(self, message: Votes, verified: bool = False) -> None:
         node = message.node
@@ -1043,7 +1015,6 @@ class Replica:
         try:
             derived = derive(batch, self.manifest)
         except BatchError:
-            self._count_included(batch)  # two VOTES of one node that disagree are evidence
             return
         if (derived.root, derived.size) != (s.digest, s.size):
             return
@@ -1059,14 +1030,6 @@ class Replica:
         self._slots[s.seq] = slot
         self._keep_projection(s.seq, projected, after)
         self._maybe_prepare(slot)
-        self._count_included(batch)
-
-    def _count_included(self, batch: Batch) -> None:
-        """Counts the (verified) VOTES a PRE-PREPARE carries as if they had come to us:
-        other nodes' VOTES reach a backup this way, and two of one node that disagree, in
-        one batch or with one seen before, are evidence."""
-        for v in batch.votes:
-            self._on_votes(v, verified=True)
 
     def _maybe_prepare(self, slot: Slot) -> None:
         """PREPAREs ``slot`` once its predecessor is fixed: executed, committed, or prepared
@@ -1508,12 +1471,6 @@ class Replica:
             self._maybe_prepare(slot)
         top = items[-1][0] if items else base.stable_seq
         self.next_seq = max(top, self.state.seq, self.stable_seq) + 1
-        if self.primary != self.me:
-            # The new primary counts only the votes it holds: give it ours for what is
-            # still pending (sent to the old primary, or to everyone during the change).
-            pending = {m.digest: m for d, m in self._my_votes.items() if d in self._requests}
-            for message in pending.values():
-                self._out.append(Send(self.primary, message))
         if self.state.seq < base.stable_seq:
             self.known_top = max(self.known_top, base.stable_seq)
             self._want_catchup()
@@ -1550,7 +1507,6 @@ class Replica:
         if message.node >= self.manifest.n:
             return
         before = self.state.seq
-        committed_view = 0
         for cb in message.batches:
             if cb.seq <= self.state.seq:
                 continue
@@ -1560,11 +1516,6 @@ class Replica:
             if derived is None:
                 break
             self._execute_batch(cb, derived)
-            committed_view = max(committed_view, cb.view)
-        if committed_view > (self.view if self.active else self.vc_target):
-            # 2f+1 nodes committed in a later view than ours: we missed its NEW-VIEW (or
-            # restarted before it). Asking for that view makes a node in it send its NEW-VIEW.
-            self._start_view_change(committed_view)
         proof = message.checkpoint_proof
         if proof:
             seq = proof[0].seq
