@@ -7,9 +7,15 @@ generator run each, alternating, so that the machine's drift hits both sides ali
 Everything after ``--`` goes to ``loadgen.py`` (one load only). The old side runs from a
 ``git worktree`` of ``--old`` (made in a temporary directory and removed at the end) with
 the working tree's built extension copied in, so a change to the Rust code is not what
-this compares. Only ``python/`` differs between the sides: both run the working tree's
-``benches/`` (the load generator, the plain servers), so a change under ``benches/`` needs
-runs by hand. Prints each run, then both sides' medians and the new/old ratios.
+this compares, unless ``--old-extension`` names the A side's own build (a copy of
+``python/dropbear/_core*.so`` kept from before the change). Otherwise only ``python/``
+differs between the sides: both run the working tree's ``benches/`` (the load generator,
+the plain servers), so a change under ``benches/`` needs runs by hand. Prints each run,
+then both sides' medians and the new/old ratios.
+
+    cp python/dropbear/_core.abi3.so /tmp/core-old.so   # before rebuilding
+    .venv/bin/python benches/ab.py --old HEAD --old-extension /tmp/core-old.so -- \\
+        group --nodes 4 --open 20 --duration 10 --warmup 2
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="git revision of the A side")
     parser.add_argument("--pairs", type=int, default=4, help="runs per side (default 4)")
+    parser.add_argument("--old-extension", type=Path,
+                        help="the A side's built dropbear._core (default: the working tree's)")
     args = parser.parse_args(argv[:split])
     loadgen_args = argv[split + 1:]
     if args.pairs < 1:
@@ -56,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     extension = next((ROOT / "python" / "dropbear").glob("_core*.so"), None)
     if extension is None:
         raise SystemExit("ab: build the extension first (make test or make demo)")
+    old_extension = args.old_extension or extension
+    if not old_extension.is_file():
+        raise SystemExit(f"ab: --old-extension {old_extension} is not a file")
     with tempfile.TemporaryDirectory(prefix="dropbear-ab-") as tmp:
         old_tree = Path(tmp) / "old"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), args.old],
                        check=True, cwd=ROOT)
         try:
-            shutil.copy2(extension, old_tree / "python" / "dropbear" / extension.name)
+            shutil.copy2(old_extension, old_tree / "python" / "dropbear" / extension.name)
             results: dict[str, list[dict]] = {"old": [], "new": []}
             sides = {"old": old_tree / "python", "new": ROOT / "python"}
             for pair in range(args.pairs):

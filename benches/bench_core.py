@@ -49,6 +49,39 @@ def test_batch_verify_pynacl_one_by_one(benchmark, role, signed_batch):
 
 
 @pytest.fixture(scope="module")
+def group_signatures():
+    """What a node checks one by one: 64 signatures by the four node keys, keys as bytes."""
+    keys = [_core.SigningKey.from_seed(i.to_bytes(32, "little")) for i in range(4)]
+    items = []
+    for i in range(64):
+        message = os.urandom(120)
+        key = keys[i % len(keys)]
+        items.append((key.public_key, message, key.sign(message)))
+    return items
+
+
+def test_verify_one_by_one_dropbear(benchmark, role, group_signatures):
+    benchmark.group = "verify 64 signatures one by one"
+    role("dropbear")
+
+    def one_by_one():
+        return all(_core.verify(pk, message, sig) for pk, message, sig in group_signatures)
+
+    assert benchmark(one_by_one)
+
+
+def test_verify_one_by_one_pynacl(benchmark, role, group_signatures):
+    benchmark.group = "verify 64 signatures one by one"
+    role("baseline")
+
+    def one_by_one():
+        for pk, message, sig in group_signatures:
+            nacl.signing.VerifyKey(pk).verify(message, sig)
+
+    benchmark(one_by_one)
+
+
+@pytest.fixture(scope="module")
 def leaves():
     return [os.urandom(100) for _ in range(N_LEAVES)]
 

