@@ -106,20 +106,45 @@ class GroupProcesses:
 
     async def wait_ready(self, client: Client, nodes: Sequence[int] | None = None,
                          timeout: float = NODE_START_TIMEOUT_S) -> None:
-        """Waits until every node (or ``nodes``) answers a status query."""
+        """Waits until every node (or ``nodes``) answers a status query, then until every
+        running node's links to the other running nodes are connected.
+
+        A node dials its peers from its start, with exponential backoff (up to
+        NET_RECONNECT_BACKOFF_MAX_S, with jitter); one that starts long after the others
+        (a slow model to load) is reached by their links only a few seconds after it
+        answers. Until the primary's link is up, that node gets no PRE-PREPARE: it cannot
+        execute the requests it accepted, so it refuses a busy client's next ones (its
+        MAX_INFLIGHT_PER_CLIENT are pending) and its votes are in no certificate."""
         pending = set(range(self.manifest.n) if nodes is None else nodes)
         with trio.fail_after(timeout):
             while pending:
                 for node in sorted(pending):
-                    if not self.nodes[node].running:
-                        raise RuntimeError(
-                            f"node {node} exited with {self.nodes[node].exit_codes}; "
-                            f"see {self.nodes[node].log_path}")
+                    self._check_running(node)
                     try:
                         await client.status(node, timeout=1.0)
                         pending.discard(node)
                     except ClientError:
                         await trio.sleep(0.2)
+            while not await self._links_up(client):
+                await trio.sleep(0.1)
+
+    def _check_running(self, node: int) -> None:
+        if not self.nodes[node].running:
+            raise RuntimeError(f"node {node} exited with {self.nodes[node].exit_codes}; "
+                               f"see {self.nodes[node].log_path}")
+
+    async def _links_up(self, client: Client) -> bool:
+        """Whether every running node reports its links to every other running node up."""
+        running = {node.node_id for node in self.nodes if node.running}
+        for node in sorted(running):
+            try:
+                status = await client.status(node, timeout=1.0)
+            except ClientError:
+                self._check_running(node)
+                return False
+            if not running - {node} <= set(status.get("peers_connected", ())):
+                return False
+        return True
 
 
 async def _stop(process: trio.Process) -> None:
