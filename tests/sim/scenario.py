@@ -14,7 +14,8 @@ from dropbear.wire import Batch, Kind, Message, PrePrepare, Statement
 from .invariants import InvariantViolation
 from .world import LABELS, MemoryLedger, Replica, SimNode, World, true_label
 
-ROLES = ("wrong-label", "equivocating-primary", "silent-primary", "garbage", "replayer", "twins")
+ROLES = ("wrong-label", "equivocating-primary", "silent-primary", "idle-primary", "garbage",
+         "replayer", "twins")
 CHAOS = 3.0
 """Seconds of faults and load before the network heals."""
 DEADLINE = 40.0
@@ -64,6 +65,12 @@ def _silent_after(start: float):
     return silent
 
 
+def never_proposes(world: World, node: SimNode, to: int, message: Message) -> Message | None:
+    """A primary that takes part in everything (votes, PREPAREs, COMMITs, view changes) but
+    never proposes: only the backups' shared votes can tell them that it could."""
+    return None if isinstance(message, PrePrepare) else message
+
+
 def _garbage(world: World, node: SimNode, to: int, message: Message) -> Message | None:
     roll = world.rng.random()
     if roll < 0.15:
@@ -97,6 +104,8 @@ def _assign(world: World, rng: random.Random, roles: dict[int, str]) -> None:
             node.outbox_filter = _equivocate
         elif role == "silent-primary":
             node.outbox_filter = _silent_after(rng.uniform(0.0, CHAOS))
+        elif role == "idle-primary":
+            node.outbox_filter = never_proposes
         elif role == "garbage":
             node.outbox_filter = _garbage
         elif role == "replayer":

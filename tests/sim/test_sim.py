@@ -38,6 +38,71 @@ def test_silent_primary_is_replaced():
     assert outcome.certificates > 0
 
 
+def test_backups_send_their_votes_to_the_primary_alone():
+    from dropbear.wire import Votes
+
+    from .world import World
+
+    world = World(seed=5)
+    sent = []  # (sender, receiver) of every VOTES message
+
+    def watch(world, node, to, message):
+        if isinstance(message, Votes):
+            sent.append((node.index, to))
+        return message
+
+    for node in world.nodes:
+        node.outbox_filter = watch
+    for i in range(24):
+        world.at(0.002 * i, lambda c=i % 2: world.submit(c))
+    world.run_until(5.0, world.all_certified)
+    assert world.all_certified()
+    assert [n.replica.view for n in world.nodes] == [0] * len(world.nodes)
+    # n - 1 messages per inference batch, not n(n - 1); the primary keeps its own.
+    assert sent and all(src != 0 and to == 0 for src, to in sent), sent
+
+
+def _idle_primary_world(seed):
+    import dataclasses
+
+    from .scenario import never_proposes
+    from .world import SIM_CONFIG, World
+
+    # Clients re-send after 1 s, which makes nodes share their votes too: every timeout here
+    # is shorter, so that only the progress timer can be what replaces the primary.
+    config = dataclasses.replace(SIM_CONFIG, request_timeout=0.2, view_change_timeout=0.2)
+    world = World(seed=seed, config=config)
+    world.nodes[0].outbox_filter = never_proposes
+    world.nodes[0].honest = False
+    return world
+
+
+@pytest.mark.parametrize("schedule", range(3))
+def test_a_primary_that_never_proposes_is_replaced_before_any_client_resends(schedule):
+    world = _idle_primary_world(schedule)
+    world.submit(0)
+    # The first progress timeout (0.2 s) makes the backups share their votes, the second
+    # makes them suspect the primary: certified well before the client's re-send at 1 s.
+    world.run_until(0.9, world.all_certified)
+    assert world.all_certified()
+    assert all(n.replica.view >= 1 for n in world.honest_nodes())
+
+
+@pytest.mark.parametrize("schedule", range(3))
+def test_the_new_primary_gets_the_votes_sent_to_the_old_one(schedule):
+    world = _idle_primary_world(schedule)
+    world.submit(0)  # shared at the first progress timeout, then the primary is suspected
+    # Voted after the backups shared their votes: these went to the old primary alone.
+    world.at(0.25, lambda: world.submit(1))
+    world.run_until(0.9, lambda: all(n.replica.view >= 1 for n in world.honest_nodes()))
+    changed = world.now
+    assert changed < 0.9
+    # Installing the new view, every node sends the new primary its votes for what is still
+    # pending: the second request is ordered at once, not a progress timeout later.
+    world.run_until(changed + 0.1, world.all_certified)
+    assert world.all_certified(), world.clients[1].pending
+
+
 def test_twin_primaries_are_caught():
     outcomes = [run(seed, n=4, roles={0: "twins"}) for seed in range(4)]
     assert any(o.evidence for o in outcomes)
@@ -83,7 +148,8 @@ def test_a_lone_request_is_proposed_at_once():
     world = World(seed=4, config=config)
     world.submit(0)
     world.run_until(0.5, world.all_certified)
-    assert world.all_certified() and world.nodes[0].ledger.last_seq() == 1
+    assert world.all_certified() and world.now < config.batch_wait
+    assert max(n.ledger.last_seq() for n in world.nodes) == 1
 
 
 def _resized(world, node, to, message):

@@ -12,7 +12,7 @@ executed in sequence order, each valid entry certified and replied.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -273,6 +273,9 @@ class Replica:
         voted back in their place (see :meth:`_unproposed_now`)."""
         self._released: set[bytes] = set()
         self._my_votes: dict[bytes, Votes] = {}
+        self._shared: set[bytes] = set()
+        """Pending requests whose VOTES we sent to every node, not only to the primary
+        (:meth:`_share_votes`; a subset of ``_my_votes``' keys)."""
         self._projection: _Projection | None = None
         """The last :meth:`_projected` state (see there)."""
         self._updates: dict[int, ModelUpdate] = {}
@@ -522,6 +525,10 @@ class Replica:
             if self.active and self.primary != self.me and self._has_orderable():
                 self._start_view_change(self.view + 1)
             else:
+                if self.active and self.primary != self.me:
+                    # Nothing executed for a whole period: tell every node what we voted,
+                    # so that all backups can tell whether the primary could order it.
+                    self._share_votes(self._requests)
                 self._update_progress_timer()
         elif name == VIEW_CHANGE and not self.active:
             # 2f+1 nodes want this view or a later one, yet no NEW-VIEW came: try the next.
@@ -560,7 +567,8 @@ class Replica:
             if digest in self._requests:  # a retransmission: help the stragglers
                 mine = self._my_votes.get(digest)
                 if mine is not None:
-                    self._broadcast(mine)
+                    self._shared.discard(digest)  # whatever we sent before: send it again
+                    self._share_votes((digest,))
                 retransmitted = True
                 continue
             cached = self._replies.get((head.client, head.request_id))
@@ -614,8 +622,32 @@ class Replica:
             for vote in chunk:
                 self._my_votes[vote.request] = message
             MEMO.put(message.encoded, message)  # a PRE-PREPARE will bring these bytes back
-            self._broadcast(message)
+            self._send_votes(message)
             self._on_votes(message, verified=True)
+
+    def _send_votes(self, message: Votes) -> None:
+        """Our VOTES go to the primary alone: only its batcher counts them, and a backup
+        checks those a PRE-PREPARE carries (n - 1 messages per inference batch, not n(n - 1)).
+        The primary keeps its own. During a view change they go to every node, as they do
+        for a request that waits too long (:meth:`_share_votes`)."""
+        if not self.active:
+            self._shared.update(v.request for v in message.votes)
+            self._broadcast(message)
+        elif self.primary != self.me:
+            self._out.append(Send(self.primary, message))
+
+    def _share_votes(self, digests: Iterable[bytes]) -> None:
+        """Broadcasts our VOTES for these pending requests, once per request: with 2f+1
+        nodes doing so, every backup knows the primary could order them, and suspects it if
+        it still does not (the ``progress`` timer)."""
+        messages: dict[bytes, Votes] = {}
+        for digest in digests:
+            mine = self._my_votes.get(digest)
+            if mine is not None and digest not in self._shared:
+                self._shared.add(digest)
+                messages[mine.digest] = mine
+        for message in messages.values():
+            self._broadcast(message)
 
     def _on_votes(self, message: Votes, verified: bool = False) -> None:
         node = message.node
@@ -1264,6 +1296,7 @@ class Replica:
         self._unproposed.pop(digest, None)
         self._released.discard(digest)
         self._my_votes.pop(digest, None)
+        self._shared.discard(digest)
         self._waiting.discard(digest)
         self._expired.discard(digest)
         pending = self._by_client.get(client)
@@ -1471,6 +1504,12 @@ class Replica:
             self._maybe_prepare(slot)
         top = items[-1][0] if items else base.stable_seq
         self.next_seq = max(top, self.state.seq, self.stable_seq) + 1
+        if self.primary != self.me:
+            # The new primary counts only the votes it holds: give it ours for what is
+            # still pending (sent to the old primary, or to everyone during the change).
+            pending = {m.digest: m for d, m in self._my_votes.items() if d in self._requests}
+            for message in pending.values():
+                self._out.append(Send(self.primary, message))
         if self.state.seq < base.stable_seq:
             self.known_top = max(self.known_top, base.stable_seq)
             self._want_catchup()
