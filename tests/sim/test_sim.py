@@ -90,17 +90,88 @@ def test_a_primary_that_never_proposes_is_replaced_before_any_client_resends(sch
 
 @pytest.mark.parametrize("schedule", range(3))
 def test_the_new_primary_gets_the_votes_sent_to_the_old_one(schedule):
+    from dropbear.wire import Votes
+
     world = _idle_primary_world(schedule)
+    sent = []  # (time, sender, receiver, requests) of the backups' VOTES
+
+    def watch(world, node, to, message):
+        if isinstance(message, Votes):
+            sent.append((world.now, node.index, to, {v.request for v in message.votes}))
+        return message
+
+    for node in world.nodes[1:]:
+        node.outbox_filter = watch
     world.submit(0)  # shared at the first progress timeout, then the primary is suspected
     # Voted after the backups shared their votes: these went to the old primary alone.
     world.at(0.25, lambda: world.submit(1))
     world.run_until(0.9, lambda: all(n.replica.view >= 1 for n in world.honest_nodes()))
     changed = world.now
-    assert changed < 0.9
+    assert 0.25 < changed < 0.9
+    # The second request's VOTES went to the old primary, then to the new one: never to all.
+    (second,) = [r.digest for r in world.clients[1].pending.values()]
+    receivers = [to for _, _, to, requests in sent if second in requests]
+    assert receivers and set(receivers) == {0, 1}, receivers
     # Installing the new view, every node sends the new primary its votes for what is still
     # pending: the second request is ordered at once, not a progress timeout later.
     world.run_until(changed + 0.1, world.all_certified)
     assert world.all_certified(), world.clients[1].pending
+
+
+@pytest.mark.parametrize("schedule", range(3))
+def test_a_node_that_missed_a_view_change_joins_the_view_it_catches_up_to(schedule):
+    from .scenario import never_proposes
+    from .world import World
+
+    world = World(seed=schedule)
+    world.nodes[0].outbox_filter = never_proposes
+    world.nodes[0].honest = False
+    world.crash(3, 3.0)  # down (view 0 in its ledger) while the others move to view 1
+    world.submit(0)
+    world.run_until(3.0)
+    assert all(n.replica.view >= 1 for n in world.nodes[:3])
+    for i in range(20):
+        world.at(0.1 + 0.2 * i, lambda c=i % 2: world.submit(c))
+    world.run_until(7.5)
+    # Node 3 saw the view only in the batches it caught up with; it asked for that view and
+    # took the NEW-VIEW it was sent.
+    views = {n.replica.view for n in world.honest_nodes()}
+    assert len(views) == 1 and all(n.replica.active for n in world.honest_nodes()), views
+    # So it counts in every quorum: without node 0, the next request needs no view change.
+    world.crash(0, 1000.0)
+    start, view = world.now, world.nodes[1].replica.view
+    world.submit(0)
+    world.run_until(start + 20.0, world.all_certified)
+    assert world.all_certified() and world.now - start < world.config.request_timeout
+    assert world.nodes[1].replica.view == view
+
+
+def test_two_votes_of_one_node_in_a_pre_prepare_are_evidence():
+    import dataclasses
+
+    from dropbear.wire import PrePrepare, Vote, Votes
+
+    from .world import World
+
+    world = World(seed=8)
+    key2 = world.group.node_keys[2]
+
+    def with_second_votes(world, node, to, message):
+        """The primary adds a second VOTES of node 2 (colluding) with other labels."""
+        if not isinstance(message, PrePrepare) or not message.batch.requests:
+            return message
+        mine = next(v for v in message.batch.votes if v.node == 2)
+        other = Votes(mine.group_id, 2, mine.model_version,
+                      tuple(Vote(v.request, v.label + 1, v.score) for v in mine.votes))
+        batch = dataclasses.replace(message.batch,
+                                    votes=(*message.batch.votes, other.signed(key2)))
+        return PrePrepare(message.statement, message.signature, batch)
+
+    world.nodes[0].outbox_filter = with_second_votes
+    world.nodes[0].honest = world.nodes[2].honest = False
+    world.submit(0)
+    world.run_until(3.0, lambda: bool(world.checker.evidence))
+    assert {(index, e.kind) for index, e in world.checker.evidence} & {(1, "votes"), (3, "votes")}
 
 
 def test_twin_primaries_are_caught():

@@ -273,9 +273,6 @@ class Replica:
         voted back in their place (see :meth:`_unproposed_now`)."""
         self._released: set[bytes] = set()
         self._my_votes: dict[bytes, Votes] = {}
-        self._shared: set[bytes] = set()
-        """Pending requests whose VOTES we sent to every node, not only to the primary
-        (:meth:`_share_votes`; a subset of ``_my_votes``' keys)."""
         self._projection: _Projection | None = None
         """The last :meth:`_projected` state (see there)."""
         self._updates: dict[int, ModelUpdate] = {}
@@ -567,7 +564,6 @@ class Replica:
             if digest in self._requests:  # a retransmission: help the stragglers
                 mine = self._my_votes.get(digest)
                 if mine is not None:
-                    self._shared.discard(digest)  # whatever we sent before: send it again
                     self._share_votes((digest,))
                 retransmitted = True
                 continue
@@ -631,20 +627,20 @@ class Replica:
         The primary keeps its own. During a view change they go to every node, as they do
         for a request that waits too long (:meth:`_share_votes`)."""
         if not self.active:
-            self._shared.update(v.request for v in message.votes)
             self._broadcast(message)
         elif self.primary != self.me:
             self._out.append(Send(self.primary, message))
 
     def _share_votes(self, digests: Iterable[bytes]) -> None:
-        """Broadcasts our VOTES for these pending requests, once per request: with 2f+1
+        """Broadcasts our VOTES for these pending requests (each message once): with 2f+1
         nodes doing so, every backup knows the primary could order them, and suspects it if
-        it still does not (the ``progress`` timer)."""
+        it still does not. Done when a client re-sends (by every node, so that all learn the
+        same), and by a backup each ``progress`` period that passes with nothing executed
+        (so a lost share, or a vote recomputed for a new model version, goes out again)."""
         messages: dict[bytes, Votes] = {}
         for digest in digests:
             mine = self._my_votes.get(digest)
-            if mine is not None and digest not in self._shared:
-                self._shared.add(digest)
+            if mine is not None:
                 messages[mine.digest] = mine
         for message in messages.values():
             self._broadcast(message)
@@ -1047,6 +1043,7 @@ class Replica:
         try:
             derived = derive(batch, self.manifest)
         except BatchError:
+            self._count_included(batch)  # two VOTES of one node that disagree are evidence
             return
         if (derived.root, derived.size) != (s.digest, s.size):
             return
@@ -1062,6 +1059,14 @@ class Replica:
         self._slots[s.seq] = slot
         self._keep_projection(s.seq, projected, after)
         self._maybe_prepare(slot)
+        self._count_included(batch)
+
+    def _count_included(self, batch: Batch) -> None:
+        """Counts the (verified) VOTES a PRE-PREPARE carries as if they had come to us:
+        other nodes' VOTES reach a backup this way, and two of one node that disagree, in
+        one batch or with one seen before, are evidence."""
+        for v in batch.votes:
+            self._on_votes(v, verified=True)
 
     def _maybe_prepare(self, slot: Slot) -> None:
         """PREPAREs ``slot`` once its predecessor is fixed: executed, committed, or prepared
@@ -1296,7 +1301,6 @@ class Replica:
         self._unproposed.pop(digest, None)
         self._released.discard(digest)
         self._my_votes.pop(digest, None)
-        self._shared.discard(digest)
         self._waiting.discard(digest)
         self._expired.discard(digest)
         pending = self._by_client.get(client)
@@ -1546,6 +1550,7 @@ class Replica:
         if message.node >= self.manifest.n:
             return
         before = self.state.seq
+        committed_view = 0
         for cb in message.batches:
             if cb.seq <= self.state.seq:
                 continue
@@ -1555,6 +1560,11 @@ class Replica:
             if derived is None:
                 break
             self._execute_batch(cb, derived)
+            committed_view = max(committed_view, cb.view)
+        if committed_view > (self.view if self.active else self.vc_target):
+            # 2f+1 nodes committed in a later view than ours: we missed its NEW-VIEW (or
+            # restarted before it). Asking for that view makes a node in it send its NEW-VIEW.
+            self._start_view_change(committed_view)
         proof = message.checkpoint_proof
         if proof:
             seq = proof[0].seq
