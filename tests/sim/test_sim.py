@@ -552,3 +552,31 @@ def test_requests_leaving_their_slots_are_not_kept_on_backups():
         replica = node.replica
         assert replica._released <= set(replica._voted), replica.me
         assert len(replica._voted) <= 2, replica.me
+
+
+def test_backups_keep_no_votes_for_requests_they_executed():
+    """A VOTES message covers a whole inference batch, whose requests several PRE-PREPAREs
+    may order: a backup counts only the carried votes for the batch's own requests, so it
+    never brings back the votes of a request it executed and forgot."""
+    from dropbear.consensus import ClientRequest
+    from dropbear.wire import Request
+
+    from .world import SIM_CONFIG, World
+
+    world = World(2, 4, clients=1)
+    client = world.clients[0]
+    requests = []
+    for _ in range(12 * SIM_CONFIG.max_batch_entries):  # one inference batch, many orderings
+        rid = client.next_id
+        client.next_id += 1
+        request = Request.create(client.key, world.manifest.group_id, rid, "uint8", (8,),
+                                 world.rng.randbytes(8))
+        client.pending[rid] = request
+        requests.append(request)
+    for node in world.nodes:
+        world.deliver(node, ClientRequest(requests))
+    world.run_until(30.0, stop=world.all_certified)
+    assert world.all_certified()
+    for node in world.nodes[1:]:
+        replica = node.replica
+        assert set(replica._votes) <= set(replica._requests), replica.me

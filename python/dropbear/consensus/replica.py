@@ -645,7 +645,9 @@ class Replica:
         for message in messages.values():
             self._broadcast(message)
 
-    def _on_votes(self, message: Votes, verified: bool = False) -> None:
+    def _on_votes(self, message: Votes, verified: bool = False,
+                  only: frozenset[bytes] | None = None) -> None:
+        """Counts a node's VOTES (``only``: just its votes for these requests)."""
         node = message.node
         if node >= self.manifest.n or node in self.convicted and node != self.me:
             return
@@ -659,6 +661,8 @@ class Replica:
         counting = self.active and self.primary == self.me and self._short is not None
         versions = self._countable_versions() if counting else None
         for vote in message.votes:
+            if only is not None and vote.request not in only:
+                continue
             known = self._votes.get(vote.request)
             if known is None:
                 if len(self._votes) >= L.MAX_PENDING_REQUESTS:
@@ -1064,9 +1068,12 @@ class Replica:
     def _count_included(self, batch: Batch) -> None:
         """Counts the (verified) VOTES a PRE-PREPARE carries as if they had come to us:
         other nodes' VOTES reach a backup this way, and two of one node that disagree, in
-        one batch or with one seen before, are evidence."""
+        one batch or with one seen before, are evidence. Only the votes for the batch's own
+        requests count: a VOTES message covers a whole inference batch, whose other requests
+        are ordered by other batches (often executed already, and forgotten)."""
+        ordered = frozenset(h.digest for h in batch.requests)
         for v in batch.votes:
-            self._on_votes(v, verified=True)
+            self._on_votes(v, verified=True, only=ordered)
 
     def _maybe_prepare(self, slot: Slot) -> None:
         """PREPAREs ``slot`` once its predecessor is fixed: executed, committed, or prepared
