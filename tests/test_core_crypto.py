@@ -138,3 +138,19 @@ def test_batch_verify_names_one_forgery_among_many() -> None:
     items = [make_item("good", i) for i in range(1000)]
     items[617] = make_item("flipped", 617)
     assert _core.batch_verify(items) == [617]
+
+
+def test_verdicts_hold_while_the_key_cache_fills_and_empties() -> None:
+    """More keys than the cache holds, each checked before and after it was emptied: a kept
+    key gives the same verdicts as a fresh one, and a refused key is refused every time."""
+    keys = [_core.SigningKey.from_seed(i.to_bytes(32, "little"))
+            for i in range(_core.KEY_CACHE_ENTRIES + 8)]
+    signed = [(k.public_key, k.sign(b"m"), k) for k in keys]
+    weak = bytes.fromhex("01" + "00" * 31)
+    for _ in range(2):
+        for public, signature, _key in signed:
+            assert _core.verify(public, b"m", signature)
+            assert not _core.verify(public, b"n", signature)
+        with pytest.raises(ValueError, match="weak"):
+            _core.verify(weak, b"m", signed[0][1])
+    assert _core.batch_verify([(b"m", s, p) for p, s, _ in signed[:64]]) == []

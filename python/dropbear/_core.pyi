@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 MAX_EVIDENCE: int
 """Equivocation records a QuorumTracker keeps until taken; past it they are counted as dropped."""
+KEY_CACHE_ENTRIES: int
+"""Public keys :func:`verify` and :func:`batch_verify` keep parsed; emptied when full."""
 
 class SigningKey:
     """An Ed25519 signing key."""
@@ -37,8 +39,8 @@ class VerifyingKey:
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Strict verification of one signature; a malformed or weak key raises ValueError.
 
-    Keys that load are kept parsed (at most 4,096, ``KEY_CACHE_ENTRIES`` in the Rust core):
-    loading a key costs about as much as the rest of a verification.
+    Keys that load are kept parsed (at most :data:`KEY_CACHE_ENTRIES`): loading a key
+    costs about as much as the rest of a verification.
     """
 
 def batch_verify(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:

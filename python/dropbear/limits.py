@@ -7,6 +7,9 @@ grows without limit. Each module imports its limits from here.
 # --- consensus core (dropbear._core) ---------------------------------------------------
 QUORUM_MAX_SLOTS = 4096
 """(view, seq) slots a QuorumTracker follows at once."""
+# Fixed inside the Rust core, listed here for the record: _core.MAX_EVIDENCE (equivocation
+# records a tracker holds until taken) and _core.KEY_CACHE_ENTRIES (public keys kept parsed
+# for signature checks, 4,096; the cache is emptied when full).
 
 # --- inference ----------------------------------------------------------------------------
 INFERENCE_MAX_BATCH_SIZE = 128

@@ -298,5 +298,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merkle_proofs, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_verify, m)?)?;
     m.add("MAX_EVIDENCE", quorum::MAX_EVIDENCE)?;
+    m.add("KEY_CACHE_ENTRIES", crypto::KEY_CACHE_ENTRIES)?;
     Ok(())
 }
