@@ -44,11 +44,14 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """
 
 def batch_verify(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:
-    """Verifies ``(message, signature, public_key)`` triples at once.
+    """Verifies ``(message, signature, public_key)`` triples in one call.
 
     Returns the indices of the bad items in increasing order (empty when all verify).
-    Malformed items (bad lengths, invalid or weak keys) are bad items. Agrees with
-    :func:`verify` item by item. Runs with the GIL released.
+    Malformed items (bad lengths, invalid or weak keys) are bad items. Each item is checked
+    as :func:`verify` checks it, so its verdict never depends on the rest of the batch (a
+    random-weight batch equation would pass some signatures :func:`verify` refuses, and
+    nodes checking different batches could disagree). Runs with the GIL released, large
+    batches on all cores.
     """
 
 def sha256(data: bytes) -> bytes: ...

@@ -16,8 +16,6 @@ pub const SIGNATURE_LEN: usize = 64;
 /// Public keys kept parsed (see [`cached_public_key`]). When full the cache is emptied:
 /// the group's few keys come back at once, and a flood of client keys cannot grow it.
 pub const KEY_CACHE_ENTRIES: usize = 4096;
-/// Below this many items a failed batch is checked one by one instead of split further.
-const BISECT_CUTOFF: usize = 8;
 /// Batches are cut into chunks of this many items, verified on all cores (rayon).
 const PARALLEL_CHUNK: usize = 128;
 
@@ -98,8 +96,13 @@ pub fn parse_signature(bytes: &[u8]) -> Result<Signature, CoreError> {
 /// verdict as ed25519-dalek's `verify_strict` (tested below), without decompressing R: A
 /// was checked when the key was parsed, R is checked on its bytes ([`strict_r`]), and the
 /// equation compares R's bytes with the canonical encoding of `S B - H(R, A, M) A`, so an
-/// R that is no point, or not canonically encoded, fails it.
+/// R that is no point, or not canonically encoded, fails it. `key` must come from
+/// [`parse_public_key`] or [`cached_public_key`], which refuse weak keys.
 pub fn verify(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
+    debug_assert!(
+        !key.is_weak(),
+        "verify takes keys that parse_public_key accepted"
+    );
     strict_r(signature.r_bytes()) && key.verify(message, signature).is_ok()
 }
 
@@ -144,13 +147,19 @@ fn small_order_encodings() -> &'static [[u8; 32]; 8] {
     ENCODINGS.get_or_init(|| EIGHT_TORSION.map(|point| point.compress().to_bytes()))
 }
 
-/// Verifies many signatures at once; returns the indices of the bad items, in order
-/// (empty when all are good). Malformed items (wrong lengths, invalid or weak keys) are bad
-/// items. Agrees with [`verify`] item by item.
+/// Verifies many signatures; returns the indices of the bad items, in order (empty when
+/// all are good). Malformed items (wrong lengths, invalid or weak keys) are bad items.
+///
+/// Each item is checked on its own with [`verify`], so the verdict on an item never depends
+/// on what else is in the batch. A random-linear-combination batch equation (ed25519-dalek's
+/// `verify_batch`) does not have that property: a signature whose R carries a torsion
+/// component, which [`verify`] refuses, passes it for about half of the random weights,
+/// and two honest nodes checking different batches could then disagree on one PRE-PREPARE.
+/// Large batches are split over all cores (rayon), with the GIL released by the caller.
 pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
     let mut bad = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
-    // Batches usually hold many signatures by few keys: decompress each key once.
+    // Batches usually hold many signatures by few keys: look each key up once.
     let mut keys: HashMap<&[u8], Result<VerifyingKey, CoreError>> = HashMap::new();
     for (index, &(message, sig, pk)) in items.iter().enumerate() {
         let key = keys
@@ -168,65 +177,22 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
             key,
         });
     }
-    if parsed.len() > BISECT_CUTOFF {
-        // Batches may hold what verify refuses; take those out one by one first.
-        parsed.retain(|p| {
-            let ok = strict_r(p.signature.r_bytes());
-            if !ok {
-                bad.push(p.index);
-            }
-            ok
-        });
-    }
+    let check = |chunk: &[Parsed<'_>]| -> Vec<usize> {
+        chunk
+            .iter()
+            .filter(|p| !verify(&p.key, p.message, &p.signature))
+            .map(|p| p.index)
+            .collect()
+    };
     if parsed.len() <= PARALLEL_CHUNK {
         // One chunk: handing it to the thread pool would cost more than it saves.
-        find_bad(&parsed, &mut bad, false);
+        bad.extend(check(&parsed));
     } else {
-        let found: Vec<Vec<usize>> = parsed
-            .par_chunks(PARALLEL_CHUNK)
-            .map(|chunk| {
-                let mut chunk_bad = Vec::new();
-                find_bad(chunk, &mut chunk_bad, false);
-                chunk_bad
-            })
-            .collect();
+        let found: Vec<Vec<usize>> = parsed.par_chunks(PARALLEL_CHUNK).map(check).collect();
         bad.extend(found.into_iter().flatten());
     }
     bad.sort_unstable();
     bad
-}
-
-fn batch_ok(items: &[Parsed<'_>]) -> bool {
-    let messages: Vec<&[u8]> = items.iter().map(|p| p.message).collect();
-    let signatures: Vec<Signature> = items.iter().map(|p| p.signature).collect();
-    let keys: Vec<VerifyingKey> = items.iter().map(|p| p.key).collect();
-    ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
-}
-
-/// Finds the bad items of a batch by splitting it in halves; `known_bad` skips re-checking
-/// a batch already known to fail.
-fn find_bad(items: &[Parsed<'_>], bad: &mut Vec<usize>, known_bad: bool) {
-    if items.is_empty() {
-        return;
-    }
-    if items.len() <= BISECT_CUTOFF {
-        for p in items {
-            if !verify(&p.key, p.message, &p.signature) {
-                bad.push(p.index);
-            }
-        }
-        return;
-    }
-    if !known_bad && batch_ok(items) {
-        return;
-    }
-    let (left, right) = items.split_at(items.len() / 2);
-    let left_ok = batch_ok(left);
-    if !left_ok {
-        find_bad(left, bad, true);
-    }
-    // When the left half is good, the right half must hold the failure.
-    find_bad(right, bad, left_ok);
 }
 
 #[cfg(test)]
@@ -404,6 +370,49 @@ mod tests {
             .map(|(m, s)| (m.as_slice(), s.as_slice(), pk.as_slice()))
             .collect();
         assert_eq!(batch_verify(&items), forged_at);
+    }
+
+    #[test]
+    fn a_batch_refuses_a_signature_whose_r_carries_torsion_whatever_else_it_holds() {
+        // R = rB + T with T of order 2 and S = r + H(R, A, M) a: the cofactorless equation
+        // is off by T, so verify refuses it; a random-weight batch equation loses T for
+        // every even weight, so it passed in about half of all batches.
+        use curve25519_dalek::edwards::EdwardsPoint;
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let key = signing_key_from_seed(&[11u8; 32]).unwrap();
+        let public = key.verifying_key();
+        let pk = public.to_bytes();
+        let good: Vec<(Vec<u8>, [u8; 64])> = (0..12u32)
+            .map(|i| {
+                let m = i.to_le_bytes().to_vec();
+                let s = sign(&key, &m);
+                (m, s)
+            })
+            .collect();
+        for trial in 0..24u8 {
+            let message = vec![trial; 5];
+            let r = Scalar::from_bytes_mod_order([trial.wrapping_add(1); 32]);
+            let big_r = (EdwardsPoint::mul_base(&r) + EIGHT_TORSION[4]).compress();
+            let h = Scalar::from_bytes_mod_order_wide(
+                &Sha512::new()
+                    .chain_update(big_r.as_bytes())
+                    .chain_update(public.as_bytes())
+                    .chain_update(&message)
+                    .finalize()
+                    .into(),
+            );
+            let mut forged = [0u8; 64];
+            forged[..32].copy_from_slice(big_r.as_bytes());
+            forged[32..].copy_from_slice(&(r + h * key.to_scalar()).to_bytes());
+            assert!(!verify(&public, &message, &Signature::from_bytes(&forged)));
+            let mut items: Vec<BatchItem> = good
+                .iter()
+                .map(|(m, s)| (m.as_slice(), s.as_slice(), pk.as_slice()))
+                .collect();
+            items.push((message.as_slice(), forged.as_slice(), pk.as_slice()));
+            assert_eq!(batch_verify(&items), vec![good.len()], "trial {trial}");
+        }
     }
 
     #[test]
