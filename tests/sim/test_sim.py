@@ -174,6 +174,37 @@ def test_two_votes_of_one_node_in_a_pre_prepare_are_evidence():
     assert {(index, e.kind) for index, e in world.checker.evidence} & {(1, "votes"), (3, "votes")}
 
 
+def test_two_votes_of_one_node_on_a_request_the_batch_does_not_order_are_evidence():
+    """As above, but the disagreeing votes are for a request the PRE-PREPARE does not
+    order: the backups refuse the batch and still keep the evidence."""
+    import dataclasses
+
+    from dropbear import _core
+    from dropbear.wire import PrePrepare, Vote, Votes
+
+    from .world import World
+
+    world = World(seed=8)
+    key2 = world.group.node_keys[2]
+    elsewhere = _core.sha256(b"a request ordered elsewhere")
+
+    def with_disagreeing_votes(world, node, to, message):
+        """The primary adds two VOTES of node 2 (colluding) that disagree on ``elsewhere``."""
+        if not isinstance(message, PrePrepare) or not message.batch.requests:
+            return message
+        mine = next(v for v in message.batch.votes if v.node == 2)
+        two = [Votes(mine.group_id, 2, mine.model_version, (Vote(elsewhere, label, 0.5),))
+               .signed(key2) for label in (1, 2)]
+        batch = dataclasses.replace(message.batch, votes=(*message.batch.votes, *two))
+        return PrePrepare(message.statement, message.signature, batch)
+
+    world.nodes[0].outbox_filter = with_disagreeing_votes
+    world.nodes[0].honest = world.nodes[2].honest = False
+    world.submit(0)
+    world.run_until(3.0, lambda: bool(world.checker.evidence))
+    assert {(index, e.kind) for index, e in world.checker.evidence} & {(1, "votes"), (3, "votes")}
+
+
 def test_twin_primaries_are_caught():
     outcomes = [run(seed, n=4, roles={0: "twins"}) for seed in range(4)]
     assert any(o.evidence for o in outcomes)

@@ -646,8 +646,10 @@ class Replica:
             self._broadcast(message)
 
     def _on_votes(self, message: Votes, verified: bool = False,
-                  only: frozenset[bytes] | None = None) -> None:
-        """Counts a node's VOTES (``only``: just its votes for these requests)."""
+                  ordered: frozenset[bytes] | None = None) -> None:
+        """Counts a node's VOTES. With ``ordered`` (the requests of a PRE-PREPARE that
+        carried them), a vote for another request counts only while we still track that
+        request: we forget executed ones, and must not bring their votes back."""
         node = message.node
         if node >= self.manifest.n or node in self.convicted and node != self.me:
             return
@@ -661,7 +663,8 @@ class Replica:
         counting = self.active and self.primary == self.me and self._short is not None
         versions = self._countable_versions() if counting else None
         for vote in message.votes:
-            if only is not None and vote.request not in only:
+            if ordered is not None and vote.request not in ordered \
+                    and vote.request not in self._votes:
                 continue
             known = self._votes.get(vote.request)
             if known is None:
@@ -1047,7 +1050,9 @@ class Replica:
         try:
             derived = derive(batch, self.manifest)
         except BatchError:
-            self._count_included(batch)  # two VOTES of one node that disagree are evidence
+            # Two VOTES of one node that disagree (on any request) are evidence.
+            for v in batch.votes:
+                self._on_votes(v, verified=True)
             return
         if (derived.root, derived.size) != (s.digest, s.size):
             return
@@ -1066,14 +1071,14 @@ class Replica:
         self._count_included(batch)
 
     def _count_included(self, batch: Batch) -> None:
-        """Counts the (verified) VOTES a PRE-PREPARE carries as if they had come to us:
-        other nodes' VOTES reach a backup this way, and two of one node that disagree, in
-        one batch or with one seen before, are evidence. Only the votes for the batch's own
-        requests count: a VOTES message covers a whole inference batch, whose other requests
-        are ordered by other batches (often executed already, and forgotten)."""
+        """Counts the (verified) VOTES an accepted PRE-PREPARE carries as if they had come
+        to us: other nodes' VOTES reach a backup this way, and two of one node that
+        disagree, in one batch or with one seen before, are evidence. A VOTES message covers
+        a whole inference batch, whose other requests other batches order: votes for those
+        count only while we still track the request (executed ones are forgotten)."""
         ordered = frozenset(h.digest for h in batch.requests)
         for v in batch.votes:
-            self._on_votes(v, verified=True, only=ordered)
+            self._on_votes(v, verified=True, ordered=ordered)
 
     def _maybe_prepare(self, slot: Slot) -> None:
         """PREPAREs ``slot`` once its predecessor is fixed: executed, committed, or prepared
