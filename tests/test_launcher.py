@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import trio
 from dropbear.client import ClientError
 from dropbear.launcher import GroupProcesses, NodeProcess
@@ -72,3 +73,18 @@ def test_wait_ready_raises_when_a_node_exits_while_waiting_for_links():
         assert "node 3 exited" in str(error)
     else:
         raise AssertionError("wait_ready returned although node 3 exited")
+
+
+def test_wait_ready_raises_when_a_waited_for_node_exits_during_the_link_phase():
+    """Node 3 answered, then exits (and is reaped) while node 0 is asked about its links:
+    waiting for node 3 must not end as if it were ready."""
+    class ExitsQuietly(LateLinks):
+        async def status(self, node: int, timeout: float = 5.0) -> dict:
+            if node == 0 and self.queries[3] >= 1:
+                group.nodes[3].process.returncode = 1
+            return await super().status(node, timeout)
+
+    client = ExitsQuietly()
+    group = _group(4, running={0, 1, 2, 3})
+    with pytest.raises(RuntimeError, match="node 3 exited"):
+        trio.run(group.wait_ready, client, [3])

@@ -114,8 +114,11 @@ class GroupProcesses:
         (a slow model to load) is reached by their links only a few seconds after it
         answers. Until the primary's link is up, that node gets no PRE-PREPARE: it cannot
         execute the requests it accepted, so it refuses a busy client's next ones (its
-        MAX_INFLIGHT_PER_CLIENT are pending) and its votes are in no certificate."""
-        pending = set(range(self.manifest.n) if nodes is None else nodes)
+        MAX_INFLIGHT_PER_CLIENT are pending) and its votes are in no certificate. The links
+        of every running node count, also those of nodes not in ``nodes``; a node of
+        ``nodes`` that exits meanwhile raises RuntimeError."""
+        wanted = sorted(range(self.manifest.n) if nodes is None else nodes)
+        pending = set(wanted)
         with trio.fail_after(timeout):
             while pending:
                 for node in sorted(pending):
@@ -126,7 +129,11 @@ class GroupProcesses:
                     except ClientError:
                         await trio.sleep(0.2)
             while not await self._links_up(client):
+                for node in wanted:
+                    self._check_running(node)
                 await trio.sleep(0.1)
+            for node in wanted:
+                self._check_running(node)
 
     def _check_running(self, node: int) -> None:
         if not self.nodes[node].running:
