@@ -611,3 +611,79 @@ def test_backups_keep_no_votes_for_requests_they_executed():
     for node in world.nodes[1:]:
         replica = node.replica
         assert set(replica._votes) <= set(replica._requests), replica.me
+
+
+def test_seed_5046_a_late_new_view_costs_no_view():
+    """Regression (seed 5046: n=7, nodes 0 and 3 silent): every view with an honest primary
+    failed, up to view 61 by the deadline. The five honest nodes need each other's every
+    PREPARE, and the PREPAREs (and the new primary's PRE-PREPAREs) that reached a node
+    before the NEW-VIEW were dropped; nobody sends them again, so each view lost the race."""
+    outcome = run(5046)
+    assert max(outcome.views) < 10, outcome
+
+
+@pytest.mark.parametrize("schedule", range(3))
+def test_messages_of_the_next_view_before_its_new_view_are_kept(schedule):
+    """Every NEW-VIEW reaches the backups 50 ms late, after the new primary's PRE-PREPARE and
+    PREPAREs: a backup keeps them and handles them once it installs the view. (Dropped,
+    with node 0 silent no view could ever prepare a batch: n=4 needs all three others.)"""
+    from dropbear.wire import NewView
+
+    from .world import World
+
+    world = World(seed=schedule)
+
+    def late_new_views(world, node, to, message):
+        if isinstance(message, NewView):
+            world.at(0.05, lambda: world.send_bytes(node.index, to, message.encoded))
+            return None
+        return message
+
+    world.nodes[0].outbox_filter = lambda world, node, to, message: None
+    world.nodes[0].honest = False
+    for node in world.nodes[1:]:
+        node.outbox_filter = late_new_views
+    for i in range(3):
+        world.at(0.01 * i, lambda c=i % 2: world.submit(c))
+    world.run_until(10.0, world.all_certified)
+    assert world.all_certified(), [n.replica.view for n in world.nodes]
+    assert all(n.replica.view == 1 for n in world.honest_nodes())
+
+
+def test_a_replica_restarted_in_its_view_sends_a_valid_view_change():
+    """A replica restarted in the view it was active in asks for that view with a
+    VIEW-CHANGE; its prepared proofs of that view must stay out of it (a VIEW-CHANGE for
+    view v carrying a proof of view v is invalid, and every node refuses it). Refused, the
+    restarted nodes counted in no view change (seed 5288: two restarted in view 1 while the
+    third honest node asked for view 2, and no view could gather 2f+1)."""
+    from dropbear.consensus import proofs
+    from dropbear.wire import ViewChange
+
+    world = _idle_primary_world(0)
+    world.submit(0)
+    world.run_until(3.0, world.all_certified)
+    assert world.all_certified() and world.nodes[1].replica.view == 1
+    assert any(p.view == 1 for p in world.nodes[2].replica._prepared.values())
+    sent = []
+
+    def watch(world, node, to, message):
+        if isinstance(message, ViewChange):
+            sent.append(message)
+        return message
+
+    world.nodes[2].outbox_filter = watch
+    world.crash(2, 0.1)
+    world.run_until(world.now + 0.2)
+    assert sent and all(vc.new_view == 1 for vc in sent)
+    cfg = world.config
+    assert all(proofs.valid_view_change(world.manifest, vc, cfg.checkpoint_interval, cfg.window)
+               for vc in sent)
+    assert world.nodes[2].replica.active and world.nodes[2].replica.view == 1
+
+
+def test_seed_5288_replicas_restarted_in_their_view_rejoin():
+    """Regression: with PRE-PREPAREs kept until their NEW-VIEW, seed 5288 (n=4, node 0
+    silent) had nodes 1 and 2 crash with proofs prepared in view 1 and restart in it while
+    node 3 asked for view 2: their VIEW-CHANGEs for view 1 carried those proofs, were
+    refused, and no view ever gathered 2f+1."""
+    run(5288)

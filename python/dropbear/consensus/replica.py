@@ -246,6 +246,9 @@ class Replica:
         self._stable_proof: tuple[Checkpoint, ...] = ()
         self._slots = _SlotTable(held=self._on_held, released=self._on_released)
         self._early: dict[int, PrePrepare] = {}
+        self._next_view: dict[tuple[Kind, int, int], PrePrepare | Prepare | Commit] = {}
+        """Verified PRE-PREPAREs, PREPAREs and COMMITs of the view we are moving to, which
+        came before its NEW-VIEW (see :meth:`_keep_for_next_view`), by (kind, node, seq)."""
         self._prepares: dict[tuple[int, int], dict[int, Prepare]] = {}
         self._commits: dict[tuple[int, int], dict[int, Commit]] = {}
         self._prepare_quorums: set[tuple[int, int, bytes]] = set()
@@ -996,7 +999,9 @@ class Replica:
 
     def _on_pre_prepare(self, message: PrePrepare) -> None:
         s = message.statement
-        if not self.active or s.view != self.view or s.node != self.primary or s.node == self.me:
+        if not self.active or s.view != self.view:
+            return self._keep_for_next_view(message)
+        if s.node != self.primary or s.node == self.me:
             return
         if s.seq > self.stable_seq + self.config.window:
             return self._note_ahead(message)
@@ -1112,8 +1117,10 @@ class Replica:
 
     def _on_prepare(self, message: Prepare, verified: bool = False) -> None:
         s = message.statement
-        if not self.active or s.view != self.view or s.node >= self.manifest.n:
+        if s.node >= self.manifest.n:
             return
+        if not self.active or s.view != self.view:
+            return self._keep_for_next_view(message)
         if s.seq > self.stable_seq + self.config.window:
             return self._note_ahead(message)
         if not self._in_window(s.seq):
@@ -1185,8 +1192,10 @@ class Replica:
 
     def _on_commit(self, message: Commit, verified: bool = False) -> None:
         s = message.statement
-        if not self.active or s.view != self.view or s.node >= self.manifest.n:
+        if s.node >= self.manifest.n:
             return
+        if not self.active or s.view != self.view:
+            return self._keep_for_next_view(message)
         if s.seq > self.stable_seq + self.config.window:
             return self._note_ahead(message)
         if not self._in_window(s.seq) or s.seq <= self.state.seq:
@@ -1368,6 +1377,7 @@ class Replica:
         for table in (self._prepares, self._commits):
             for key in [k for k in table if k[1] <= seq]:
                 del table[key]
+        self._next_view = {k: m for k, m in self._next_view.items() if k[2] > seq}
         for quorums in (self._prepare_quorums, self._commit_quorums):
             quorums.difference_update({q for q in quorums if q[1] <= seq})
         self._prepare_tracker.forget_up_to(seq)
@@ -1389,6 +1399,7 @@ class Replica:
             return
         self.active = False
         self.vc_target = view
+        self._next_view = {k: m for k, m in self._next_view.items() if m.view >= view}
         self._cancel_timer(PROGRESS)
         self._cancel_timer(VOTE_WAIT)
         self._cancel_timer(BATCH_WAIT)
@@ -1396,11 +1407,59 @@ class Replica:
         self._send_view_change()
         self._maybe_new_view()
 
+    def _keep_for_next_view(self, message: PrePrepare | Prepare | Commit) -> None:
+        """Keeps a PRE-PREPARE, PREPARE or COMMIT of the view we are moving to (the one we
+        wait for a NEW-VIEW of; while active, the next one) until we install that view, then
+        handles it (:meth:`_replay_next_view`). The nodes that get the NEW-VIEW first PREPARE
+        the re-proposed batches, and the new primary proposes, at once: their messages often
+        arrive before the NEW-VIEW does, and nobody sends them again. Dropped, they cost a
+        node that installed the view late its prepared quorum (with f nodes silent, 2f+1
+        needs every other node's PREPARE) and with it the view, and the next view loses the
+        same race. Bounded: one message per kind, node and sequence number in the window,
+        PRE-PREPAREs only from the view's primary, the signature checked first."""
+        s = message.statement
+        target = self.vc_target if not self.active else self.view + 1
+        if s.view != target or s.node == self.me or not self._in_window(s.seq):
+            return
+        if s.kind == Kind.PRE_PREPARE and s.node != self.manifest.primary(s.view):
+            return
+        key = (s.kind, s.node, s.seq)
+        old = self._next_view.get(key)
+        if old is not None and old.view == s.view:
+            return  # the first one counts (a second one, if it differs, when in the view)
+        if not message.verify(self.manifest.node_key(s.node)):
+            return
+        self._next_view[key] = message
+
+    def _replay_next_view(self) -> None:
+        """Handles the kept messages of the view just installed (PRE-PREPAREs, PREPAREs,
+        then COMMITs, each in sequence order) and drops those of earlier views."""
+        kept = sorted(
+            (m for m in self._next_view.values() if m.view == self.view),
+            key=lambda m: (m.statement.kind != Kind.PRE_PREPARE, m.statement.kind == Kind.COMMIT,
+                           m.seq, m.node),
+        )
+        self._next_view = {k: m for k, m in self._next_view.items() if m.view > self.view}
+        for message in kept:
+            if not self.active or message.view != self.view:
+                return  # (a message moved us on: the rest are of a view we left)
+            if isinstance(message, PrePrepare):
+                self._on_pre_prepare(message)
+            elif isinstance(message, Prepare):
+                self._on_prepare(message)
+            else:
+                self._on_commit(message)
+
     def _send_view_change(self) -> None:
         own = self._view_changes.get(self.me)
         if own is None or own.new_view != self.vc_target:
             self.ledger.save_view(self.vc_target)
-            prepared = tuple(p for s, p in sorted(self._prepared.items()) if s > self.stable_seq)
+            # Proofs of the view asked for itself are left out (a VIEW-CHANGE with one is
+            # invalid): only a replica restarted in its view holds some. Asking for that view
+            # again, it needs that view's NEW-VIEW, not a new selection; and they go in its
+            # VIEW-CHANGE for any later view.
+            prepared = tuple(p for s, p in sorted(self._prepared.items())
+                             if s > self.stable_seq and p.view < self.vc_target)
             own = ViewChange(
                 self.gid, self.me, self.vc_target, self.stable_seq, self._stable_proof, prepared
             ).signed(self.key)
@@ -1530,6 +1589,7 @@ class Replica:
             self.known_top = max(self.known_top, base.stable_seq)
             self._want_catchup()
         self._after_new_work()
+        self._replay_next_view()
 
     # --- catch-up -----------------------------------------------------------------------
 
