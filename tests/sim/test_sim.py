@@ -687,3 +687,21 @@ def test_seed_5288_replicas_restarted_in_their_view_rejoin():
     node 3 asked for view 2: their VIEW-CHANGEs for view 1 carried those proofs, were
     refused, and no view ever gathered 2f+1."""
     run(5288)
+
+
+def test_a_backup_missing_pre_prepares_catches_up_at_the_commit_quorum():
+    """Node 3 gets no PRE-PREPARE (the primary's link to it drops them) but sees 2f+1
+    COMMITs: it fetches the committed batches at once, well before a progress period."""
+    from dropbear.wire import PrePrepare
+
+    from .world import SIM_CONFIG, World
+
+    world = World(4, 4, clients=1)
+
+    def no_pre_prepares_to_3(world, node, to, message):
+        return None if to == 3 and isinstance(message, PrePrepare) else message
+
+    world.nodes[0].outbox_filter = no_pre_prepares_to_3
+    world.submit(0)
+    world.run_until(SIM_CONFIG.request_timeout / 3, lambda: world.nodes[3].replica.state.seq >= 1)
+    assert world.nodes[3].replica.state.seq >= 1, world.now

@@ -1214,6 +1214,11 @@ class Replica:
         quorums = self._commit_tracker.add_votes([(s.view, s.seq, s.digest, s.node, signed)])
         self._commit_quorums.update(quorums)
         self._drain_trackers()
+        if quorums and s.seq not in self._slots:
+            # 2f+1 nodes committed a batch whose PRE-PREPARE we lack (our link from the
+            # primary is down, or we missed it): fetch it now, not a progress period later.
+            self.known_top = max(self.known_top, s.seq)
+            self._want_catchup()
         self._check_committed(s.seq)
 
     def _check_committed(self, seq: int) -> None:
