@@ -146,63 +146,59 @@ def test_a_node_that_missed_a_view_change_joins_the_view_it_catches_up_to(schedu
     assert world.nodes[1].replica.view == view
 
 
-def test_two_votes_of_one_node_in_a_pre_prepare_are_evidence():
+def _evidence_with_extra_votes_of_node_2(extra):
+    """Nodes 0 (the primary) and 2 collude: every PRE-PREPARE also carries the VOTES that
+    ``extra(mine)`` makes from node 2's own (signed by node 2). The checker's evidence."""
     import dataclasses
 
-    from dropbear.wire import PrePrepare, Vote, Votes
+    from dropbear.wire import PrePrepare
 
     from .world import World
 
     world = World(seed=8)
     key2 = world.group.node_keys[2]
 
-    def with_second_votes(world, node, to, message):
-        """The primary adds a second VOTES of node 2 (colluding) with other labels."""
+    def with_extra_votes(world, node, to, message):
         if not isinstance(message, PrePrepare) or not message.batch.requests:
             return message
         mine = next(v for v in message.batch.votes if v.node == 2)
-        other = Votes(mine.group_id, 2, mine.model_version,
-                      tuple(Vote(v.request, v.label + 1, v.score) for v in mine.votes))
-        batch = dataclasses.replace(message.batch,
-                                    votes=(*message.batch.votes, other.signed(key2)))
+        added = tuple(v.signed(key2) for v in extra(mine))
+        batch = dataclasses.replace(message.batch, votes=(*message.batch.votes, *added))
         return PrePrepare(message.statement, message.signature, batch)
 
-    world.nodes[0].outbox_filter = with_second_votes
+    world.nodes[0].outbox_filter = with_extra_votes
     world.nodes[0].honest = world.nodes[2].honest = False
     world.submit(0)
     world.run_until(3.0, lambda: bool(world.checker.evidence))
-    assert {(index, e.kind) for index, e in world.checker.evidence} & {(1, "votes"), (3, "votes")}
+    return {(index, e.kind) for index, e in world.checker.evidence}
+
+
+def test_two_votes_of_one_node_in_a_pre_prepare_are_evidence():
+    from dropbear.wire import Vote, Votes
+
+    def second_votes(mine):
+        """A second VOTES of node 2 with other labels."""
+        return [Votes(mine.group_id, 2, mine.model_version,
+                      tuple(Vote(v.request, v.label + 1, v.score) for v in mine.votes))]
+
+    assert _evidence_with_extra_votes_of_node_2(second_votes) & {(1, "votes"), (3, "votes")}
 
 
 def test_two_votes_of_one_node_on_a_request_the_batch_does_not_order_are_evidence():
     """As above, but the disagreeing votes are for a request the PRE-PREPARE does not
     order: the backups refuse the batch and still keep the evidence."""
-    import dataclasses
-
     from dropbear import _core
-    from dropbear.wire import PrePrepare, Vote, Votes
+    from dropbear.wire import Vote, Votes
 
-    from .world import World
-
-    world = World(seed=8)
-    key2 = world.group.node_keys[2]
     elsewhere = _core.sha256(b"a request ordered elsewhere")
 
-    def with_disagreeing_votes(world, node, to, message):
-        """The primary adds two VOTES of node 2 (colluding) that disagree on ``elsewhere``."""
-        if not isinstance(message, PrePrepare) or not message.batch.requests:
-            return message
-        mine = next(v for v in message.batch.votes if v.node == 2)
-        two = [Votes(mine.group_id, 2, mine.model_version, (Vote(elsewhere, label, 0.5),))
-               .signed(key2) for label in (1, 2)]
-        batch = dataclasses.replace(message.batch, votes=(*message.batch.votes, *two))
-        return PrePrepare(message.statement, message.signature, batch)
+    def disagreeing_votes(mine):
+        """Two VOTES of node 2 that disagree on ``elsewhere``."""
+        return [Votes(mine.group_id, 2, mine.model_version, (Vote(elsewhere, label, 0.5),))
+                for label in (1, 2)]
 
-    world.nodes[0].outbox_filter = with_disagreeing_votes
-    world.nodes[0].honest = world.nodes[2].honest = False
-    world.submit(0)
-    world.run_until(3.0, lambda: bool(world.checker.evidence))
-    assert {(index, e.kind) for index, e in world.checker.evidence} & {(1, "votes"), (3, "votes")}
+    assert _evidence_with_extra_votes_of_node_2(disagreeing_votes) & {(1, "votes"),
+                                                                       (3, "votes")}
 
 
 def test_twin_primaries_are_caught():

@@ -117,9 +117,9 @@ struct Parsed<'a> {
 }
 
 /// The `R` half of a signature must be a canonical encoding of a point of large order,
-/// as `verify_strict` demands; batch verification alone does not check that. Decided on the
-/// bytes alone (no field arithmetic, which cost a third of a batch's time): an `R` that is
-/// no point at all passes here and fails the batch equation instead.
+/// as `verify_strict` demands; the cofactorless equation alone does not check that. Decided
+/// on the bytes alone (no decompression): an `R` that is no point at all passes here and
+/// fails the equation instead.
 fn strict_r(r: &[u8; 32]) -> bool {
     canonical_y(r) && !zero_x(r) && !small_order_encodings().contains(r)
 }
@@ -198,9 +198,34 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use curve25519_dalek::scalar::Scalar;
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
+    }
+
+    /// H(R, A, M) as RFC 8032 reduces it: what a forger needs to build S.
+    fn challenge(r: &[u8; 32], public: &VerifyingKey, message: &[u8]) -> Scalar {
+        use sha2::{Digest, Sha512};
+        Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(r)
+                .chain_update(public.as_bytes())
+                .chain_update(message)
+                .finalize()
+                .into(),
+        )
+    }
+
+    /// `n` good signatures by `key`, of the messages 0..n as little-endian u32s.
+    fn signed_messages(key: &SigningKey, n: u32) -> Vec<(Vec<u8>, [u8; 64])> {
+        (0..n)
+            .map(|i| {
+                let m = i.to_le_bytes().to_vec();
+                let s = sign(key, &m);
+                (m, s)
+            })
+            .collect()
     }
 
     /// ed25519-dalek's own strict verification: what [`verify`] must agree with.
@@ -314,8 +339,6 @@ mod tests {
     /// with its sign bit set) and S = H(R, A, M) a: S B - H A - R = -T, so they pass the
     /// cofactorless equation up to a torsion point; `verify_strict` refuses all of them.
     fn small_order_forgeries(key: &SigningKey) -> Vec<(Vec<u8>, [u8; 64])> {
-        use curve25519_dalek::scalar::Scalar;
-        use sha2::{Digest, Sha512};
         let public = key.verifying_key();
         let mut encodings: Vec<[u8; 32]> = small_order_encodings().to_vec();
         let mut identity_flipped = encodings[0];
@@ -326,14 +349,7 @@ mod tests {
             .enumerate()
             .map(|(j, r)| {
                 let message = format!("forged {j}").into_bytes();
-                let k = Scalar::from_bytes_mod_order_wide(
-                    &Sha512::new()
-                        .chain_update(r)
-                        .chain_update(public.as_bytes())
-                        .chain_update(&message)
-                        .finalize()
-                        .into(),
-                );
+                let k = challenge(r, &public, &message);
                 let mut signature = [0u8; 64];
                 signature[..32].copy_from_slice(r);
                 signature[32..].copy_from_slice(&(k * key.to_scalar()).to_bytes());
@@ -347,13 +363,7 @@ mod tests {
         // A random batch coefficient may send the forgeries' torsion to the identity.
         let key = signing_key_from_seed(&[7u8; 32]).unwrap();
         let public = key.verifying_key();
-        let mut items_owned: Vec<(Vec<u8>, [u8; 64])> = (0..20u32)
-            .map(|i| {
-                let m = i.to_le_bytes().to_vec();
-                let s = sign(&key, &m);
-                (m, s)
-            })
-            .collect();
+        let mut items_owned = signed_messages(&key, 20);
         let mut forged_at = Vec::new();
         for (message, signature) in small_order_forgeries(&key) {
             assert!(!verify_strict(
@@ -378,30 +388,15 @@ mod tests {
         // is off by T, so verify refuses it; a random-weight batch equation loses T for
         // every even weight, so it passed in about half of all batches.
         use curve25519_dalek::edwards::EdwardsPoint;
-        use curve25519_dalek::scalar::Scalar;
-        use sha2::{Digest, Sha512};
         let key = signing_key_from_seed(&[11u8; 32]).unwrap();
         let public = key.verifying_key();
         let pk = public.to_bytes();
-        let good: Vec<(Vec<u8>, [u8; 64])> = (0..12u32)
-            .map(|i| {
-                let m = i.to_le_bytes().to_vec();
-                let s = sign(&key, &m);
-                (m, s)
-            })
-            .collect();
+        let good = signed_messages(&key, 12);
         for trial in 0..24u8 {
             let message = vec![trial; 5];
             let r = Scalar::from_bytes_mod_order([trial.wrapping_add(1); 32]);
             let big_r = (EdwardsPoint::mul_base(&r) + EIGHT_TORSION[4]).compress();
-            let h = Scalar::from_bytes_mod_order_wide(
-                &Sha512::new()
-                    .chain_update(big_r.as_bytes())
-                    .chain_update(public.as_bytes())
-                    .chain_update(&message)
-                    .finalize()
-                    .into(),
-            );
+            let h = challenge(big_r.as_bytes(), &public, &message);
             let mut forged = [0u8; 64];
             forged[..32].copy_from_slice(big_r.as_bytes());
             forged[32..].copy_from_slice(&(r + h * key.to_scalar()).to_bytes());
