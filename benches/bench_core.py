@@ -49,6 +49,44 @@ def test_batch_verify_pynacl_one_by_one(benchmark, role, signed_batch):
 
 
 @pytest.fixture(scope="module")
+def request_batch():
+    """What a node checks at intake under load: 96 client REQUEST signatures by 8 keys."""
+    keys = [_core.SigningKey.from_seed((1000 + i).to_bytes(32, "little")) for i in range(8)]
+    items = []
+    for i in range(96):
+        message = os.urandom(150)
+        key = keys[i % len(keys)]
+        items.append((message, key.sign(message), key.public_key))
+    return items
+
+
+def test_request_signatures_zip215_batch(benchmark, role, request_batch):
+    benchmark.group = "client request signatures, 96 by 8 keys"
+    role("dropbear")
+    assert benchmark(_core.verify_requests, request_batch) == []
+
+
+def test_request_signatures_strict_one_by_one(benchmark, role, request_batch):
+    benchmark.group = "client request signatures, 96 by 8 keys"
+    role("baseline")  # the eleventh and twelfth rounds' check: each alone, strict
+    assert benchmark(_core.batch_verify, request_batch) == []
+
+
+def test_request_signature_zip215_alone(benchmark, role, request_batch):
+    benchmark.group = "one client request signature"
+    role("dropbear")
+    one = request_batch[:1]
+    assert benchmark(_core.verify_requests, one) == []
+
+
+def test_request_signature_strict_alone(benchmark, role, request_batch):
+    benchmark.group = "one client request signature"
+    role("baseline")
+    one = request_batch[:1]
+    assert benchmark(_core.batch_verify, one) == []
+
+
+@pytest.fixture(scope="module")
 def group_signatures():
     """What a node checks one by one: 64 signatures by the four node keys, keys as bytes."""
     keys = [_core.SigningKey.from_seed(i.to_bytes(32, "little")) for i in range(4)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import nacl.signing
 import pytest
 from dropbear import _core
@@ -154,3 +156,63 @@ def test_verdicts_hold_while_the_key_cache_fills_and_empties() -> None:
         with pytest.raises(ValueError, match="weak"):
             _core.verify(weak, b"m", signed[0][1])
     assert _core.batch_verify([(b"m", s, p) for p, s, _ in signed[:64]]) == []
+
+
+# --- client REQUEST signatures: ZIP-215 (_core.verify_requests) ------------------------------
+
+# Canonical encodings of the eight points of small order.
+SMALL_ORDER_POINTS = [
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+]
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+def signer_only_signature(seed: bytes, message: bytes, r: bytes) -> bytes:
+    """What only the key's holder can make: R of small order and S = H(R, A, M) a, so
+    S B - H A = 0 and R differs from it by a point of small order. RFC 8032's strict rule
+    refuses it; ZIP-215's cofactored one accepts it."""
+    h = hashlib.sha512(seed).digest()
+    a = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    public = _core.SigningKey.from_seed(seed).public_key
+    k = int.from_bytes(hashlib.sha512(r + public + message).digest(), "little") % GROUP_ORDER
+    return r + (k * a % GROUP_ORDER).to_bytes(32, "little")
+
+
+def make_request_item(kind: str, i: int) -> tuple[bytes, bytes, bytes]:
+    if kind != "small_order_r":
+        return make_item(kind, i)
+    seed = bytes([i % len(KEYS)]) * 32
+    message = f"message {i}".encode()
+    r = bytes.fromhex(SMALL_ORDER_POINTS[i % len(SMALL_ORDER_POINTS)])
+    return message, signer_only_signature(seed, message, r), KEYS[i % len(KEYS)].public_key
+
+
+@pytest.mark.parametrize("r", SMALL_ORDER_POINTS)
+def test_requests_follow_zip215_where_node_signatures_are_strict(r: str) -> None:
+    item = make_request_item("small_order_r", SMALL_ORDER_POINTS.index(r))
+    assert _core.verify_requests([item]) == []
+    assert not verify_one(item)
+    assert _core.batch_verify([item]) == [0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([*KINDS, "small_order_r"]), max_size=300))
+def test_verify_requests_gives_each_item_its_verdict_alone(kinds: list[str]) -> None:
+    items = [make_request_item(kind, i) for i, kind in enumerate(kinds)]
+    bad = _core.verify_requests(items)
+    assert bad == [i for i, item in enumerate(items) if _core.verify_requests([item])]
+    assert bad == [i for i, k in enumerate(kinds) if k not in ("good", "small_order_r")]
+
+
+def test_verify_requests_names_one_forgery_among_many() -> None:
+    items = [make_item("good", i) for i in range(1000)]
+    items[433] = make_item("flipped", 433)
+    assert _core.verify_requests(items) == [433]
+    assert _core.verify_requests([]) == []

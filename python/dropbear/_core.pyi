@@ -9,7 +9,8 @@ from collections.abc import Sequence
 MAX_EVIDENCE: int
 """Equivocation records a QuorumTracker keeps until taken; past it they are counted as dropped."""
 KEY_CACHE_ENTRIES: int
-"""Public keys :func:`verify` and :func:`batch_verify` keep parsed; emptied when full."""
+"""Public keys :func:`verify`, :func:`batch_verify` and :func:`verify_requests` keep parsed
+(each its own cache); emptied when full."""
 
 class SigningKey:
     """An Ed25519 signing key."""
@@ -52,6 +53,20 @@ def batch_verify(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:
     random-weight batch equation would pass some signatures :func:`verify` refuses, and
     nodes checking different batches could disagree). Runs with the GIL released, large
     batches on all cores.
+    """
+
+def verify_requests(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:
+    """Verifies client REQUEST signatures, ``(message, signature, public_key)`` triples.
+
+    Returns the indices of the bad items in increasing order (empty when all verify).
+    Malformed items (bad lengths, keys :func:`verify` refuses) are bad items. The rule is
+    ZIP-215's (cofactored verification), not the strict one of :func:`verify` and
+    :func:`batch_verify`: under it one batch equation gives each signature the verdict it
+    would get alone, so a batch is checked at once (and item by item only when it fails).
+    It accepts a few signatures the strict rule refuses (R with a torsion component or
+    encoded non-canonically), which only the signer can make. Every check of a client
+    signature must use it, so that nodes agree; no certificate carries one. Runs with the
+    GIL released, large batches on all cores.
     """
 
 def sha256(data: bytes) -> bytes: ...

@@ -701,3 +701,41 @@ def test_a_backup_missing_pre_prepares_catches_up_at_the_commit_quorum():
     world.submit(0)
     world.run_until(SIM_CONFIG.request_timeout / 3, lambda: world.nodes[3].replica.state.seq >= 1)
     assert world.nodes[3].replica.state.seq >= 1, world.now
+
+
+def test_backups_check_a_client_signature_in_a_pre_prepare_by_the_intake_rule():
+    """A client signature that only ZIP-215 accepts (R of small order, made by the key's
+    holder; see tests/test_core_crypto.py): nodes 0-2 take it at intake, and node 3, which
+    sees it only in the PRE-PREPARE, must take it there too and PREPARE."""
+    import dataclasses
+
+    from dropbear.consensus import ClientRequest
+    from dropbear.wire import Kind, Request
+    from tests.test_core_crypto import SMALL_ORDER_POINTS, signer_only_signature
+
+    from .world import World
+
+    world = World(seed=11)
+    client = world.clients[0]
+    data = bytes(range(8))
+    request = Request.create(client.key, world.manifest.group_id, 0, "uint8", (8,), data)
+    forged = signer_only_signature(_client_seed(world, 0), request.header.body,
+                                   bytes.fromhex(SMALL_ORDER_POINTS[3]))
+    request = Request(dataclasses.replace(request.header, signature=forged), data)
+    client.pending[0] = request
+    client.next_id = 1
+    for node in world.nodes[:3]:
+        world.at(0.0, lambda n=node: world.deliver(n, ClientRequest([request])))
+    world.run_until(0.5, world.all_certified)
+    assert world.all_certified()
+    signed = world.nodes[3].ledger.load().signed
+    assert any(s.kind == Kind.PREPARE and s.seq == 1 for s in signed)
+
+
+def _client_seed(world, c: int) -> bytes:
+    """The seed of sim client ``c``'s key (tests/sim/group.py `key`)."""
+    from dropbear import _core
+
+    seed = _core.sha256(f"client/{world.seed}/{c}".encode())
+    assert _core.SigningKey.from_seed(seed).public_key == world.clients[c].key.public_key
+    return seed

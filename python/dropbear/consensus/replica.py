@@ -595,7 +595,7 @@ class Replica:
                                    "(MAX_CLIENTS)", transient=True)
                 continue
             candidates.append(request)
-        bad = set(_core.batch_verify([r.header.check_item(r.header.client) for r in candidates]))
+        bad = set(_core.verify_requests([r.header.check_item(r.header.client) for r in candidates]))
         for i in sorted(bad):
             refuse_with(candidates[i].header, "the client signature does not verify")
         accepted = tuple(r for i, r in enumerate(candidates) if i not in bad)
@@ -1039,7 +1039,6 @@ class Replica:
     def _accept_pre_prepare(self, message: PrePrepare) -> None:
         s, batch = message.statement, message.batch
         items = [message.check_item(self.manifest.node_key(s.node))]
-        items += [h.check_item(h.client) for h in batch.requests if not self._holds(h)]
         items += [
             v.check_item(self.manifest.node_key(v.node))
             for v in batch.votes
@@ -1051,6 +1050,10 @@ class Replica:
             if u.node < self.manifest.n
         ]
         if not self._verify(items):
+            return
+        # Client signatures under their own rule (_core.verify_requests), as at intake.
+        unheld = [h.check_item(h.client) for h in batch.requests if not self._holds(h)]
+        if unheld and _core.verify_requests(unheld):
             return
         try:
             derived = derive(batch, self.manifest)

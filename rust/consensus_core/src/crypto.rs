@@ -5,7 +5,9 @@ use std::sync::{Mutex, OnceLock};
 
 use curve25519_dalek::constants::EIGHT_TORSION;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use rand_core::OsRng;
+use ed25519_zebra::{batch as zebra_batch, VerificationKey as ZebraKey, VerificationKeyBytes};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{OsRng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::error::{hex, CoreError};
@@ -193,6 +195,112 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
     }
     bad.sort_unstable();
     bad
+}
+
+/// Client REQUEST signatures, checked under ZIP-215's rules (see [`verify_requests`]).
+fn zip215_key_cache() -> &'static Mutex<HashMap<[u8; PUBLIC_KEY_LEN], ZebraKey>> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; PUBLIC_KEY_LEN], ZebraKey>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A client key for [`verify_requests`]: it must pass [`parse_public_key`] (a point, not of
+/// small order), so the keys a client may use are the same under both rules. Kept parsed
+/// like [`cached_public_key`] (at most [`KEY_CACHE_ENTRIES`]).
+fn zip215_key(bytes: &[u8]) -> Result<ZebraKey, CoreError> {
+    check_len("public key", bytes, PUBLIC_KEY_LEN)?;
+    let mut b = [0u8; PUBLIC_KEY_LEN];
+    b.copy_from_slice(bytes);
+    let cache = zip215_key_cache();
+    if let Some(key) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&b) {
+        return Ok(*key);
+    }
+    parse_public_key(bytes)?;
+    let key = ZebraKey::try_from(b).map_err(|_| CoreError::InvalidPublicKey(hex(bytes)))?;
+    let mut keys = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if keys.len() >= KEY_CACHE_ENTRIES {
+        keys.clear();
+    }
+    keys.insert(b, key);
+    Ok(key)
+}
+
+/// One signature under ZIP-215: S canonical, A and R any encoding of a curve point, and the
+/// cofactored equation `[8](S B - R - H(R, A, M) A) = 0`. Key as from [`zip215_key`].
+fn verify_zip215(key: &ZebraKey, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+    key.verify(&Signature::from_bytes(signature), message)
+        .is_ok()
+}
+
+struct RequestItem<'a> {
+    index: usize,
+    message: &'a [u8],
+    signature: [u8; SIGNATURE_LEN],
+    key: ZebraKey,
+}
+
+/// Verifies client REQUEST signatures; returns the indices of the bad items, in order.
+/// Malformed items (wrong lengths, keys that [`parse_public_key`] refuses) are bad items.
+///
+/// The rule is ZIP-215's (cofactored verification, as ed25519-zebra implements it), not
+/// RFC 8032's strict one that [`verify`] and [`batch_verify`] apply to node signatures: under
+/// it a random-weight batch equation gives exactly the verdicts of checking each signature
+/// alone, so a batch can be checked at once, and the verdict on one request never depends
+/// on the rest of its batch. Every node checks every client signature with this function,
+/// at intake and in a PRE-PREPARE, so honest nodes agree on each. No certificate carries a
+/// client signature, so a certificate's verifier needs no second rule. The only signatures
+/// that pass here and fail [`verify`] are ones whose R carries a torsion component or is
+/// non-canonically encoded: only their signer (the client) can make them.
+///
+/// A batch that fails is checked again one signature at a time to name the bad ones.
+/// Large batches are split over all cores (rayon), with the GIL released by the caller.
+pub fn verify_requests(items: &[BatchItem<'_>]) -> Vec<usize> {
+    let mut bad = Vec::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut keys: HashMap<&[u8], Result<ZebraKey, CoreError>> = HashMap::new();
+    for (index, &(message, sig, pk)) in items.iter().enumerate() {
+        let key = keys.entry(pk).or_insert_with(|| zip215_key(pk)).clone();
+        let (Ok(signature), Ok(key)) = (<[u8; SIGNATURE_LEN]>::try_from(sig), key) else {
+            bad.push(index);
+            continue;
+        };
+        parsed.push(RequestItem {
+            index,
+            message,
+            signature,
+            key,
+        });
+    }
+    let check = |chunk: &[RequestItem<'_>]| -> Vec<usize> {
+        if chunk.len() > 1 && batch_passes(chunk) {
+            return Vec::new();
+        }
+        chunk
+            .iter()
+            .filter(|p| !verify_zip215(&p.key, p.message, &p.signature))
+            .map(|p| p.index)
+            .collect()
+    };
+    if parsed.len() <= PARALLEL_CHUNK {
+        bad.extend(check(&parsed));
+    } else {
+        let found: Vec<Vec<usize>> = parsed.par_chunks(PARALLEL_CHUNK).map(check).collect();
+        bad.extend(found.into_iter().flatten());
+    }
+    bad.sort_unstable();
+    bad
+}
+
+/// ed25519-zebra's batch equation over `chunk`, with weights from a ChaCha20 stream seeded
+/// by the operating system (one seed per batch, not a system call per weight).
+fn batch_passes(chunk: &[RequestItem<'_>]) -> bool {
+    let mut verifier = zebra_batch::Verifier::new();
+    for p in chunk {
+        let signature = Signature::from_bytes(&p.signature);
+        verifier.queue((VerificationKeyBytes::from(p.key), signature, p.message));
+    }
+    verifier
+        .verify(ChaCha20Rng::from_rng(OsRng).expect("the OS gives randomness"))
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -503,5 +611,143 @@ mod tests {
         assert_eq!(batch_verify(&items), vec![3, 17, 29]);
         assert!(batch_verify(&items[4..17]).is_empty());
         assert!(batch_verify(&[]).is_empty());
+    }
+
+    /// Signatures that [`verify_requests`] and [`verify`] judge differently, and plain bad
+    /// ones, by `key`: (message, signature, whether ZIP-215 accepts it).
+    fn zip215_cases(key: &SigningKey) -> Vec<(Vec<u8>, [u8; 64], bool)> {
+        use curve25519_dalek::edwards::EdwardsPoint;
+        let public = key.verifying_key();
+        let mut cases = Vec::new();
+        // R = rB + T for each torsion point T (T = identity: an honest signature's shape).
+        for (t, torsion) in EIGHT_TORSION.iter().enumerate() {
+            let message = format!("torsion {t}").into_bytes();
+            let r = Scalar::from_bytes_mod_order([t as u8 + 1; 32]);
+            let big_r = (EdwardsPoint::mul_base(&r) + torsion).compress();
+            let h = challenge(big_r.as_bytes(), &public, &message);
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(big_r.as_bytes());
+            signature[32..].copy_from_slice(&(r + h * key.to_scalar()).to_bytes());
+            cases.push((message, signature, true));
+        }
+        // R of small order itself: [8](S B - R - H A) = [8](-R) = 0.
+        for (message, signature) in small_order_forgeries(key) {
+            cases.push((message, signature, true));
+        }
+        for (i, (message, good)) in signed_messages(key, 8).into_iter().enumerate() {
+            cases.push((message.clone(), good, true));
+            cases.push((b"another message".to_vec(), good, false));
+            let mut flipped = good;
+            flipped[32 + i] ^= 1 << i; // a bit of S
+            cases.push((message.clone(), flipped, false));
+            let mut s_plus_l = good; // S + l: not canonical, refused by ZIP-215 too
+            let mut carry = 0u16;
+            for (j, byte) in s_plus_l[32..].iter_mut().enumerate() {
+                let sum = *byte as u16 + L_BYTES[j] as u16 + carry;
+                *byte = sum as u8;
+                carry = sum >> 8;
+            }
+            cases.push((message, s_plus_l, false));
+        }
+        cases
+    }
+
+    /// l, the order of the base point, little-endian.
+    const L_BYTES: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+
+    #[test]
+    fn requests_are_checked_under_zip215() {
+        let key = signing_key_from_seed(&[21u8; 32]).unwrap();
+        let public = key.verifying_key();
+        let pk = public.to_bytes();
+        for (message, signature, accepted) in zip215_cases(&key) {
+            let alone = verify_requests(&[(&message, &signature, &pk)]).is_empty();
+            assert_eq!(alone, accepted, "{}", String::from_utf8_lossy(&message));
+        }
+        // The torsion cases but T = identity are what the strict rule refuses and ZIP-215
+        // accepts; only the signer can make them.
+        let differ = zip215_cases(&key)
+            .iter()
+            .filter(|(m, s, accepted)| *accepted != verify(&public, m, &Signature::from_bytes(s)))
+            .count();
+        assert_eq!(differ, 7 + 9);
+        let rfc = signing_key_from_seed(&unhex(
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        ))
+        .unwrap();
+        let rfc_sig = unhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b");
+        let rfc_pk = rfc.verifying_key().to_bytes();
+        assert!(verify_requests(&[(b"", &rfc_sig, &rfc_pk)]).is_empty());
+    }
+
+    #[test]
+    fn a_request_batch_gives_each_signature_its_verdict_alone() {
+        use rand_core::RngCore;
+        let keys: Vec<SigningKey> = (0..3u8)
+            .map(|i| signing_key_from_seed(&[40 + i; 32]).unwrap())
+            .collect();
+        let mut pool: Vec<(Vec<u8>, [u8; 64], [u8; 32], bool)> = Vec::new();
+        for key in &keys {
+            let pk = key.verifying_key().to_bytes();
+            for (m, s, accepted) in zip215_cases(key) {
+                pool.push((m, s, pk, accepted));
+            }
+            for (m, s) in signed_messages(key, 150) {
+                pool.push((m, s, pk, true));
+            }
+        }
+        let mut rng = ChaCha20Rng::seed_from_u64(215);
+        let sizes = [2usize, 3, 5, 12, 40, 128, 129, 300];
+        for trial in 0..48 {
+            let size = sizes[trial % sizes.len()];
+            let picked: Vec<usize> = (0..size)
+                .map(|_| rng.next_u32() as usize % pool.len())
+                .collect();
+            let items: Vec<BatchItem> = picked
+                .iter()
+                .map(|&i| (pool[i].0.as_slice(), &pool[i].1[..], &pool[i].2[..]))
+                .collect();
+            let expected: Vec<usize> = picked
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| !pool[i].3)
+                .map(|(at, _)| at)
+                .collect();
+            assert_eq!(
+                verify_requests(&items),
+                expected,
+                "trial {trial}, size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_items_that_are_malformed_are_named() {
+        let key = signing_key_from_seed(&[50u8; 32]).unwrap();
+        let pk = key.verifying_key().to_bytes();
+        let good = signed_messages(&key, 6);
+        let mut weak = [0u8; 32];
+        weak[0] = 1; // the identity: of small order, refused as a client key
+        let not_a_point = {
+            // y = 2 is not the y of any curve point
+            let mut b = [0u8; 32];
+            b[0] = 2;
+            assert!(VerifyingKey::from_bytes(&b).is_err());
+            b
+        };
+        let short = [0u8; 63];
+        let items: Vec<BatchItem> = vec![
+            (&good[0].0, &good[0].1, &pk),
+            (&good[1].0, &good[1].1, &weak),
+            (&good[2].0, &good[2].1, &not_a_point),
+            (&good[3].0, &short, &pk),
+            (&good[4].0, &good[4].1, &pk[..31]),
+            (&good[5].0, &good[5].1, &pk),
+        ];
+        assert_eq!(verify_requests(&items), vec![1, 2, 3, 4]);
+        assert!(verify_requests(&[]).is_empty());
     }
 }

@@ -117,6 +117,22 @@ fn batch_verify(
     })
 }
 
+/// Verifies client REQUEST signatures under ZIP-215 (see `crypto::verify_requests`);
+/// returns the indices of bad ones.
+#[pyfunction]
+fn verify_requests(
+    py: Python<'_>,
+    items: Vec<(PyBackedBytes, PyBackedBytes, PyBackedBytes)>,
+) -> Vec<usize> {
+    py.detach(|| {
+        let borrowed: Vec<crypto::BatchItem<'_>> = items
+            .iter()
+            .map(|(m, s, k)| (&m[..], &s[..], &k[..]))
+            .collect();
+        crypto::verify_requests(&borrowed)
+    })
+}
+
 #[pyfunction]
 fn sha256<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &merkle::sha256(data))
@@ -290,6 +306,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QuorumTracker>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(batch_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_requests, m)?)?;
     m.add_function(wrap_pyfunction!(sha256, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_many, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_leaf_hash, m)?)?;
