@@ -216,3 +216,20 @@ def test_verify_requests_names_one_forgery_among_many() -> None:
     items[433] = make_item("flipped", 433)
     assert _core.verify_requests(items) == [433]
     assert _core.verify_requests([]) == []
+
+
+def test_a_request_verifies_by_the_client_rule() -> None:
+    """Request.verify is what nodes apply to client signatures, so tools agree with them."""
+    import dataclasses
+
+    from dropbear.wire import Request
+
+    seed = bytes([5]) * 32
+    key = _core.SigningKey.from_seed(seed)
+    request = Request.create(key, bytes(32), 7, "uint8", (4,), b"\x01\x02\x03\x04")
+    assert request.verify(key.public_key) and not request.verify(KEYS[1].public_key)
+    forged = signer_only_signature(seed, request.body, bytes.fromhex(SMALL_ORDER_POINTS[5]))
+    request = Request(dataclasses.replace(request.header, signature=forged), request.data)
+    assert request.verify(key.public_key) and request.header.verify(key.public_key)
+    assert not _core.verify(key.public_key, request.body, request.signature)
+    assert not request.verify(bytes(31))

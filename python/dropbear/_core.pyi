@@ -64,9 +64,9 @@ def verify_requests(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[int]:
     :func:`batch_verify`: under it one batch equation gives each signature the verdict it
     would get alone, so a batch is checked at once (and item by item only when it fails).
     It accepts a few signatures the strict rule refuses (R with a torsion component or
-    encoded non-canonically), which only the signer can make. Every check of a client
-    signature must use it, so that nodes agree; no certificate carries one. Runs with the
-    GIL released, large batches on all cores.
+    encoded non-canonically, or a key with one), which only the key's holder can make.
+    Every check of a client signature must use it, so that nodes agree; no certificate
+    carries one. Runs with the GIL released, large batches on all cores.
     """
 
 def sha256(data: bytes) -> bytes: ...

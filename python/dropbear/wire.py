@@ -331,7 +331,8 @@ class Message:
             return False
 
     def check_item(self, public_key: bytes) -> tuple[bytes, bytes, bytes]:
-        """The ``(message, signature, public key)`` triple for :func:`_core.batch_verify`."""
+        """The ``(message, signature, public key)`` triple for :func:`_core.batch_verify`
+        (node and owner signatures) or :func:`_core.verify_requests` (client requests)."""
         return (self.body, self.signature, public_key)  # type: ignore[attr-defined]
 
     @classmethod
@@ -465,6 +466,11 @@ class RequestHeader(Message):
         """The size the input must have: product of the shape times the item size."""
         return math.prod(self.shape) * DTYPES[self.dtype]
 
+    def verify(self, public_key: bytes) -> bool:
+        """Whether the client signature verifies under ``public_key``, by the rule every
+        node applies to client signatures (ZIP-215: :func:`_core.verify_requests`)."""
+        return not _core.verify_requests([(self.body, self.signature, public_key)])
+
     def _write_body(self, w: Writer) -> None:
         header(w, Kind.REQUEST, self.group_id)
         w.fixed(self.client, KEY_BYTES, "client key")
@@ -529,6 +535,10 @@ class Request(Message):
             group_id, key.public_key, request_id, dtype, tuple(shape), _core.sha256(data)
         )
         return Request(head.signed(key), bytes(data))
+
+    def verify(self, public_key: bytes) -> bool:
+        """Whether the client signature verifies (see :meth:`RequestHeader.verify`)."""
+        return self.header.verify(public_key)
 
     @property
     def signature(self) -> bytes:

@@ -711,6 +711,7 @@ def test_backups_check_a_client_signature_in_a_pre_prepare_by_the_intake_rule():
 
     from dropbear.consensus import ClientRequest
     from dropbear.wire import Kind, Request
+
     from tests.test_core_crypto import SMALL_ORDER_POINTS, signer_only_signature
 
     from .world import World
