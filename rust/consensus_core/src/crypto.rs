@@ -417,7 +417,7 @@ mod tests {
                 out.push(r);
             }
         }
-        for r in small_order_encodings().clone() {
+        for r in *small_order_encodings() {
             let mut flipped = r;
             flipped[31] ^= 0x80;
             out.push(flipped);
@@ -657,6 +657,8 @@ mod tests {
         cases
     }
 
+    type PoolItem = (Vec<u8>, [u8; 64], [u8; 32], bool);
+
     /// l, the order of the base point, little-endian.
     const L_BYTES: [u8; 32] = [
         0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
@@ -694,7 +696,8 @@ mod tests {
         let keys: Vec<SigningKey> = (0..3u8)
             .map(|i| signing_key_from_seed(&[40 + i; 32]).unwrap())
             .collect();
-        let mut pool: Vec<(Vec<u8>, [u8; 64], [u8; 32], bool)> = Vec::new();
+        // (message, signature, public key, whether ZIP-215 accepts it)
+        let mut pool: Vec<PoolItem> = Vec::new();
         for key in &keys {
             let pk = key.verifying_key().to_bytes();
             for (m, s, accepted) in zip215_cases(key) {
