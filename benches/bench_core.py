@@ -19,15 +19,22 @@ MESSAGE_BYTES = 256
 N_VOTES = 100_000
 
 
-@pytest.fixture(scope="module")
-def signed_batch():
-    keys = [_core.SigningKey.from_seed(i.to_bytes(32, "little")) for i in range(64)]
+def signed_items(keys: int, n: int, message_bytes: int, first_seed: int = 0):
+    """``n`` ``(message, signature, public key)`` triples by ``keys`` keys in turn, of random
+    messages."""
+    signers = [_core.SigningKey.from_seed((first_seed + i).to_bytes(32, "little"))
+               for i in range(keys)]
     items = []
-    for i in range(N_SIGNATURES):
-        key = keys[i % len(keys)]
-        message = os.urandom(128)
+    for i in range(n):
+        key = signers[i % keys]
+        message = os.urandom(message_bytes)
         items.append((message, key.sign(message), key.public_key))
     return items
+
+
+@pytest.fixture(scope="module")
+def signed_batch():
+    return signed_items(64, N_SIGNATURES, 128)
 
 
 def test_batch_verify_dropbear(benchmark, role, signed_batch):
@@ -51,13 +58,7 @@ def test_batch_verify_pynacl_one_by_one(benchmark, role, signed_batch):
 @pytest.fixture(scope="module")
 def request_batch():
     """What a node checks at intake under load: 96 client REQUEST signatures by 8 keys."""
-    keys = [_core.SigningKey.from_seed((1000 + i).to_bytes(32, "little")) for i in range(8)]
-    items = []
-    for i in range(96):
-        message = os.urandom(150)
-        key = keys[i % len(keys)]
-        items.append((message, key.sign(message), key.public_key))
-    return items
+    return signed_items(8, 96, 150, first_seed=1000)
 
 
 def test_request_signatures_zip215_batch(benchmark, role, request_batch):
@@ -89,13 +90,7 @@ def test_request_signature_strict_alone(benchmark, role, request_batch):
 @pytest.fixture(scope="module")
 def group_signatures():
     """What a node checks one by one: 64 signatures by the four node keys, keys as bytes."""
-    keys = [_core.SigningKey.from_seed(i.to_bytes(32, "little")) for i in range(4)]
-    items = []
-    for i in range(64):
-        message = os.urandom(120)
-        key = keys[i % len(keys)]
-        items.append((key.public_key, message, key.sign(message)))
-    return items
+    return [(pk, message, sig) for message, sig, pk in signed_items(4, 64, 120)]
 
 
 def test_verify_one_by_one_dropbear(benchmark, role, group_signatures):

@@ -19,8 +19,13 @@ class Group:
         return self.manifest.group_id
 
 
+def seed(label: str) -> bytes:
+    """The seed of the key named ``label``."""
+    return _core.sha256(label.encode())
+
+
 def key(label: str) -> _core.SigningKey:
-    return _core.SigningKey.from_seed(_core.sha256(label.encode()))
+    return _core.SigningKey.from_seed(seed(label))
 
 
 def genesis_version(node: int) -> bytes:

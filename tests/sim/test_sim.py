@@ -714,13 +714,13 @@ def test_backups_check_a_client_signature_in_a_pre_prepare_by_the_intake_rule():
 
     from tests.test_core_crypto import SMALL_ORDER_POINTS, signer_only_signature
 
-    from .world import World
+    from .world import World, client_seed
 
     world = World(seed=11)
     client = world.clients[0]
     data = bytes(range(8))
     request = Request.create(client.key, world.manifest.group_id, 0, "uint8", (8,), data)
-    forged = signer_only_signature(_client_seed(world, 0), request.header.body,
+    forged = signer_only_signature(client_seed(world.seed, 0), request.header.body,
                                    bytes.fromhex(SMALL_ORDER_POINTS[3]))
     request = Request(dataclasses.replace(request.header, signature=forged), data)
     client.pending[0] = request
@@ -731,12 +731,3 @@ def test_backups_check_a_client_signature_in_a_pre_prepare_by_the_intake_rule():
     assert world.all_certified()
     signed = world.nodes[3].ledger.load().signed
     assert any(s.kind == Kind.PREPARE and s.seq == 1 for s in signed)
-
-
-def _client_seed(world, c: int) -> bytes:
-    """The seed of sim client ``c``'s key (tests/sim/group.py `key`)."""
-    from dropbear import _core
-
-    seed = _core.sha256(f"client/{world.seed}/{c}".encode())
-    assert _core.SigningKey.from_seed(seed).public_key == world.clients[c].key.public_key
-    return seed

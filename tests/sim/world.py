@@ -36,7 +36,7 @@ from dropbear.consensus import (
 )
 from dropbear.wire import Certificate, Message, ModelUpdate, Request, Vote
 
-from .group import Group, key, make_group
+from .group import Group, make_group, seed
 from .invariants import Checker
 
 SIM_CONFIG = ReplicaConfig(
@@ -120,6 +120,11 @@ class SimClient:
 CLIENT_BASE = 1000  # network address of client i is CLIENT_BASE + i
 
 
+def client_seed(world_seed: int, c: int) -> bytes:
+    """The seed of client ``c``'s key in the world of ``world_seed``."""
+    return seed(f"client/{world_seed}/{c}")
+
+
 class World:
     """n replicas and a few clients under one seeded scheduler."""
 
@@ -140,7 +145,8 @@ class World:
             replica = Replica(self.manifest, i, self.group.node_keys[i], ledger, config)
             self.nodes.append(SimNode(i, replica, ledger, self.manifest.nodes[i].model_version))
         self.twins: dict[int, SimNode] = {}
-        self.clients = [SimClient(key(f"client/{seed}/{c}")) for c in range(clients)]
+        self.clients = [SimClient(_core.SigningKey.from_seed(client_seed(seed, c)))
+                        for c in range(clients)]
         self.checker = Checker(self)
         self.steps = 0
         for node in self.nodes:

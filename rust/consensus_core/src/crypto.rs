@@ -1,7 +1,7 @@
 //! Ed25519 keys, strict single verification and batch verification that names bad items.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use curve25519_dalek::constants::EIGHT_TORSION;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -62,29 +62,52 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, CoreError> {
     Ok(key)
 }
 
-fn key_cache() -> &'static Mutex<HashMap<[u8; PUBLIC_KEY_LEN], VerifyingKey>> {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; PUBLIC_KEY_LEN], VerifyingKey>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+/// Public keys kept parsed, at most [`KEY_CACHE_ENTRIES`]; emptied when full. Refused keys
+/// are not kept.
+struct KeyCache<K>(OnceLock<Mutex<HashMap<[u8; PUBLIC_KEY_LEN], K>>>);
+
+impl<K: Copy> KeyCache<K> {
+    const fn new() -> Self {
+        KeyCache(OnceLock::new())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; PUBLIC_KEY_LEN], K>> {
+        self.0
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key of `bytes`, from the cache or from `parse` (kept when it parses).
+    fn get(
+        &self,
+        bytes: &[u8],
+        parse: impl FnOnce(&[u8; PUBLIC_KEY_LEN]) -> Result<K, CoreError>,
+    ) -> Result<K, CoreError> {
+        check_len("public key", bytes, PUBLIC_KEY_LEN)?;
+        let mut b = [0u8; PUBLIC_KEY_LEN];
+        b.copy_from_slice(bytes);
+        if let Some(key) = self.lock().get(&b) {
+            return Ok(*key);
+        }
+        let key = parse(&b)?;
+        let mut keys = self.lock();
+        if keys.len() >= KEY_CACHE_ENTRIES {
+            keys.clear();
+        }
+        keys.insert(b, key);
+        Ok(key)
+    }
 }
+
+static STRICT_KEYS: KeyCache<VerifyingKey> = KeyCache::new();
+static ZIP215_KEYS: KeyCache<ZebraKey> = KeyCache::new();
 
 /// [`parse_public_key`], remembering the keys that parse (at most [`KEY_CACHE_ENTRIES`]):
 /// decompressing a key costs about as much as the rest of a verification, and a node checks
 /// the same few keys' signatures all the time. Refused keys are not kept.
 pub fn cached_public_key(bytes: &[u8]) -> Result<VerifyingKey, CoreError> {
-    check_len("public key", bytes, PUBLIC_KEY_LEN)?;
-    let mut b = [0u8; PUBLIC_KEY_LEN];
-    b.copy_from_slice(bytes);
-    let cache = key_cache();
-    if let Some(key) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&b) {
-        return Ok(*key);
-    }
-    let key = parse_public_key(bytes)?;
-    let mut keys = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if keys.len() >= KEY_CACHE_ENTRIES {
-        keys.clear();
-    }
-    keys.insert(b, key);
-    Ok(key)
+    STRICT_KEYS.get(bytes, |b| parse_public_key(b))
 }
 
 pub fn parse_signature(bytes: &[u8]) -> Result<Signature, CoreError> {
@@ -111,11 +134,63 @@ pub fn verify(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool
 /// One item of a batch: `(message, signature, public key)`, all borrowed.
 pub type BatchItem<'a> = (&'a [u8], &'a [u8], &'a [u8]);
 
-struct Parsed<'a> {
+struct Parsed<'a, K> {
     index: usize,
     message: &'a [u8],
     signature: Signature,
-    key: VerifyingKey,
+    key: K,
+}
+
+/// A batch equation over parsed items: whether all of them verify.
+type BatchEquation<K> = fn(&[Parsed<'_, K>]) -> bool;
+
+/// Parses `items` (each key once, with `key_of`) and checks them in chunks of
+/// [`PARALLEL_CHUNK`], on all cores when there are more: a chunk that `together` (a batch
+/// equation, where the rule has one whose verdicts are each signature's own) passes is
+/// good; otherwise each item is checked `alone`. Returns the indices of the bad items
+/// (malformed ones included), in order.
+fn check_items<K: Copy + Send + Sync>(
+    items: &[BatchItem<'_>],
+    key_of: impl Fn(&[u8]) -> Result<K, CoreError>,
+    alone: impl Fn(&Parsed<'_, K>) -> bool + Sync,
+    together: Option<BatchEquation<K>>,
+) -> Vec<usize> {
+    let mut bad = Vec::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    // Batches usually hold many signatures by few keys: look each key up once.
+    let mut keys: HashMap<&[u8], Result<K, CoreError>> = HashMap::new();
+    for (index, &(message, sig, pk)) in items.iter().enumerate() {
+        let key = keys.entry(pk).or_insert_with(|| key_of(pk)).clone();
+        let (Ok(signature), Ok(key)) = (parse_signature(sig), key) else {
+            bad.push(index);
+            continue;
+        };
+        parsed.push(Parsed {
+            index,
+            message,
+            signature,
+            key,
+        });
+    }
+    let check = |chunk: &[Parsed<'_, K>]| -> Vec<usize> {
+        if chunk.len() > 1 && together.is_some_and(|passes| passes(chunk)) {
+            return Vec::new();
+        }
+        chunk
+            .iter()
+            .filter(|p| !alone(p))
+            .map(|p| p.index)
+            .collect()
+    };
+    if parsed.len() <= PARALLEL_CHUNK {
+        // One chunk: handing it to the thread pool would cost more than it saves.
+        bad.extend(check(&parsed));
+    } else {
+        let found: Vec<Vec<usize>> = parsed.par_chunks(PARALLEL_CHUNK).map(&check).collect();
+        bad.extend(found.into_iter().flatten());
+    }
+    bad.sort_unstable();
+    bad
 }
 
 /// The `R` half of a signature must be a canonical encoding of a point of large order,
@@ -159,83 +234,28 @@ fn small_order_encodings() -> &'static [[u8; 32]; 8] {
 /// and two honest nodes checking different batches could then disagree on one PRE-PREPARE.
 /// Large batches are split over all cores (rayon), with the GIL released by the caller.
 pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
-    let mut bad = Vec::new();
-    let mut parsed = Vec::with_capacity(items.len());
-    // Batches usually hold many signatures by few keys: look each key up once.
-    let mut keys: HashMap<&[u8], Result<VerifyingKey, CoreError>> = HashMap::new();
-    for (index, &(message, sig, pk)) in items.iter().enumerate() {
-        let key = keys
-            .entry(pk)
-            .or_insert_with(|| cached_public_key(pk))
-            .clone();
-        let (Ok(signature), Ok(key)) = (parse_signature(sig), key) else {
-            bad.push(index);
-            continue;
-        };
-        parsed.push(Parsed {
-            index,
-            message,
-            signature,
-            key,
-        });
-    }
-    let check = |chunk: &[Parsed<'_>]| -> Vec<usize> {
-        chunk
-            .iter()
-            .filter(|p| !verify(&p.key, p.message, &p.signature))
-            .map(|p| p.index)
-            .collect()
-    };
-    if parsed.len() <= PARALLEL_CHUNK {
-        // One chunk: handing it to the thread pool would cost more than it saves.
-        bad.extend(check(&parsed));
-    } else {
-        let found: Vec<Vec<usize>> = parsed.par_chunks(PARALLEL_CHUNK).map(check).collect();
-        bad.extend(found.into_iter().flatten());
-    }
-    bad.sort_unstable();
-    bad
-}
-
-/// Client REQUEST signatures, checked under ZIP-215's rules (see [`verify_requests`]).
-fn zip215_key_cache() -> &'static Mutex<HashMap<[u8; PUBLIC_KEY_LEN], ZebraKey>> {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; PUBLIC_KEY_LEN], ZebraKey>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+    check_items(
+        items,
+        cached_public_key,
+        |p| verify(&p.key, p.message, &p.signature),
+        None,
+    )
 }
 
 /// A client key for [`verify_requests`]: it must pass [`parse_public_key`] (a point, not of
 /// small order), so the keys a client may use are the same under both rules. Kept parsed
 /// like [`cached_public_key`] (at most [`KEY_CACHE_ENTRIES`]).
 fn zip215_key(bytes: &[u8]) -> Result<ZebraKey, CoreError> {
-    check_len("public key", bytes, PUBLIC_KEY_LEN)?;
-    let mut b = [0u8; PUBLIC_KEY_LEN];
-    b.copy_from_slice(bytes);
-    let cache = zip215_key_cache();
-    if let Some(key) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&b) {
-        return Ok(*key);
-    }
-    parse_public_key(bytes)?;
-    let key = ZebraKey::try_from(b).map_err(|_| CoreError::InvalidPublicKey(hex(bytes)))?;
-    let mut keys = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if keys.len() >= KEY_CACHE_ENTRIES {
-        keys.clear();
-    }
-    keys.insert(b, key);
-    Ok(key)
+    ZIP215_KEYS.get(bytes, |b| {
+        parse_public_key(b)?;
+        ZebraKey::try_from(*b).map_err(|_| CoreError::InvalidPublicKey(hex(b)))
+    })
 }
 
 /// One signature under ZIP-215: S canonical, A and R any encoding of a curve point, and the
 /// cofactored equation `[8](S B - R - H(R, A, M) A) = 0`. Key as from [`zip215_key`].
-fn verify_zip215(key: &ZebraKey, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
-    key.verify(&Signature::from_bytes(signature), message)
-        .is_ok()
-}
-
-struct RequestItem<'a> {
-    index: usize,
-    message: &'a [u8],
-    signature: [u8; SIGNATURE_LEN],
-    key: ZebraKey,
+fn verify_zip215(key: &ZebraKey, message: &[u8], signature: &Signature) -> bool {
+    key.verify(signature, message).is_ok()
 }
 
 /// Verifies client REQUEST signatures; returns the indices of the bad items, in order.
@@ -257,49 +277,20 @@ struct RequestItem<'a> {
 /// checking every signature alone would.
 /// Large batches are split over all cores (rayon), with the GIL released by the caller.
 pub fn verify_requests(items: &[BatchItem<'_>]) -> Vec<usize> {
-    let mut bad = Vec::new();
-    let mut parsed = Vec::with_capacity(items.len());
-    let mut keys: HashMap<&[u8], Result<ZebraKey, CoreError>> = HashMap::new();
-    for (index, &(message, sig, pk)) in items.iter().enumerate() {
-        let key = keys.entry(pk).or_insert_with(|| zip215_key(pk)).clone();
-        let (Ok(signature), Ok(key)) = (<[u8; SIGNATURE_LEN]>::try_from(sig), key) else {
-            bad.push(index);
-            continue;
-        };
-        parsed.push(RequestItem {
-            index,
-            message,
-            signature,
-            key,
-        });
-    }
-    let check = |chunk: &[RequestItem<'_>]| -> Vec<usize> {
-        if chunk.len() > 1 && batch_passes(chunk) {
-            return Vec::new();
-        }
-        chunk
-            .iter()
-            .filter(|p| !verify_zip215(&p.key, p.message, &p.signature))
-            .map(|p| p.index)
-            .collect()
-    };
-    if parsed.len() <= PARALLEL_CHUNK {
-        bad.extend(check(&parsed));
-    } else {
-        let found: Vec<Vec<usize>> = parsed.par_chunks(PARALLEL_CHUNK).map(check).collect();
-        bad.extend(found.into_iter().flatten());
-    }
-    bad.sort_unstable();
-    bad
+    check_items(
+        items,
+        zip215_key,
+        |p| verify_zip215(&p.key, p.message, &p.signature),
+        Some(batch_passes),
+    )
 }
 
 /// ed25519-zebra's batch equation over `chunk`, with weights from a ChaCha20 stream seeded
 /// by the operating system (one seed per batch, not a system call per weight).
-fn batch_passes(chunk: &[RequestItem<'_>]) -> bool {
+fn batch_passes(chunk: &[Parsed<'_, ZebraKey>]) -> bool {
     let mut verifier = zebra_batch::Verifier::new();
     for p in chunk {
-        let signature = Signature::from_bytes(&p.signature);
-        verifier.queue((VerificationKeyBytes::from(p.key), signature, p.message));
+        verifier.queue((VerificationKeyBytes::from(p.key), p.signature, p.message));
     }
     // Without randomness for the weights, no batch: the caller checks one by one.
     let Ok(rng) = ChaCha20Rng::from_rng(OsRng) else {
@@ -587,7 +578,7 @@ mod tests {
             let public = signing_key_from_seed(&seed).unwrap().verifying_key();
             assert_eq!(cached_public_key(public.as_bytes()).unwrap(), public);
         }
-        let keys = key_cache().lock().unwrap_or_else(|e| e.into_inner());
+        let keys = STRICT_KEYS.lock();
         assert!(keys.len() <= KEY_CACHE_ENTRIES);
         assert!(!keys.contains_key(&identity));
     }
@@ -823,10 +814,7 @@ mod tests {
             for key in &keys {
                 zip215_key(key.verifying_key().as_bytes()).unwrap();
             }
-            let cached = zip215_key_cache()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len();
+            let cached = ZIP215_KEYS.lock().len();
             assert!(cached <= KEY_CACHE_ENTRIES);
             check();
         }
@@ -836,9 +824,6 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(verify_requests(&[(b"m", s, &identity)]), vec![0]);
         }
-        assert!(!zip215_key_cache()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&identity));
+        assert!(!ZIP215_KEYS.lock().contains_key(&identity));
     }
 }

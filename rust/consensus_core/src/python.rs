@@ -102,19 +102,28 @@ fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> PyResult<bool>
     Ok(crypto::verify(&key, message, &signature))
 }
 
-/// Verifies many `(message, signature, public_key)` triples; returns the indices of bad ones.
-#[pyfunction]
-fn batch_verify(
+/// Runs a batch check over `(message, signature, public_key)` triples with the GIL released.
+fn check_triples(
     py: Python<'_>,
-    items: Vec<(PyBackedBytes, PyBackedBytes, PyBackedBytes)>,
+    items: &[(PyBackedBytes, PyBackedBytes, PyBackedBytes)],
+    check: fn(&[crypto::BatchItem<'_>]) -> Vec<usize>,
 ) -> Vec<usize> {
     py.detach(|| {
         let borrowed: Vec<crypto::BatchItem<'_>> = items
             .iter()
             .map(|(m, s, k)| (&m[..], &s[..], &k[..]))
             .collect();
-        crypto::batch_verify(&borrowed)
+        check(&borrowed)
     })
+}
+
+/// Verifies many `(message, signature, public_key)` triples; returns the indices of bad ones.
+#[pyfunction]
+fn batch_verify(
+    py: Python<'_>,
+    items: Vec<(PyBackedBytes, PyBackedBytes, PyBackedBytes)>,
+) -> Vec<usize> {
+    check_triples(py, &items, crypto::batch_verify)
 }
 
 /// Verifies client REQUEST signatures under ZIP-215 (see `crypto::verify_requests`);
@@ -124,13 +133,7 @@ fn verify_requests(
     py: Python<'_>,
     items: Vec<(PyBackedBytes, PyBackedBytes, PyBackedBytes)>,
 ) -> Vec<usize> {
-    py.detach(|| {
-        let borrowed: Vec<crypto::BatchItem<'_>> = items
-            .iter()
-            .map(|(m, s, k)| (&m[..], &s[..], &k[..]))
-            .collect();
-        crypto::verify_requests(&borrowed)
-    })
+    check_triples(py, &items, crypto::verify_requests)
 }
 
 #[pyfunction]
