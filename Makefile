@@ -1,6 +1,14 @@
 # The two commands of README.md: `make demo` and `make test`. Both set everything up.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The interpreter the virtualenv is made from: the first CPython 3.11 that can make one
+# (venv and ensurepip), trying the system's own build first. Distribution builds are
+# compiled with profile-guided and link-time optimisation; a source build without
+# --enable-optimizations (pyenv's default) runs the nodes' Python path about 10% slower
+# (benches/README.md, "Fourteenth round"). Override with `make PYTHON=/path/to/python3.11`.
+PYTHON_CANDIDATES := /usr/bin/python3.11 python3.11 python3
+PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell \
+	$(p) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info[:2] != (3, 11))' \
+	>/dev/null 2>&1 && echo $(p))) python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
