@@ -21,6 +21,7 @@ import functools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,6 +127,58 @@ def test_digits_dynamic_batcher(benchmark, role):
     role("dropbear")
     benchmark.pedantic(dynamic_batcher, args=(executor, images), rounds=5, warmup_rounds=1)
     _record(benchmark, len(images))
+
+
+# --- one run after an idle spell: the parameters as a pytree or as a flat list -------------
+
+IDLE_S = 0.05  # one request's gap at 20 req/s: the low-load benchmark's pattern
+
+
+@functools.cache
+def idle_run_pair() -> tuple[Any, Any]:
+    """``digits-vit`` at batch 1, called the way executables were called before (the nnx
+    State pytree, flattened by its Python callbacks on every call) and the way the executor
+    calls them now (the parameters as a flat list); both with the same weights and input."""
+    import jax
+    from dropbear.inference.executor import Servable
+    from flax import nnx
+
+    model = ModelRepository(ROOT / "models").load("digits-vit")
+    servable: Servable = Executor(model, max_batch_size=1)._current
+    config = model.config
+    graphdef, state = nnx.split(model.module)
+    state = jax.device_put(state)
+
+    def forward(state, x):
+        logits = nnx.merge(graphdef, state)(config.preprocess(x))
+        return jax.lax.top_k(jax.nn.softmax(logits.astype(np.float32), axis=-1), config.top_k)
+
+    x = np.zeros((1, *config.input_shape), config.input_dtype)
+    pytree = jax.jit(forward).lower(state, x).compile()
+    flat = servable._executables[1]
+
+    def old() -> None:
+        np.asarray(pytree(state, x)[1])
+
+    def new() -> None:
+        np.asarray(flat(servable._leaves, x)[1])
+
+    old(), new()
+    return old, new
+
+
+def test_idle_run_pytree_parameters(benchmark, role):
+    old, _ = idle_run_pair()
+    benchmark.group = f"digits-vit batch 1, one run after {IDLE_S * 1000:.0f} ms idle"
+    role("baseline")
+    benchmark.pedantic(old, setup=lambda: time.sleep(IDLE_S), rounds=60, warmup_rounds=2)
+
+
+def test_idle_run_flat_parameters(benchmark, role):
+    _, new = idle_run_pair()
+    benchmark.group = f"digits-vit batch 1, one run after {IDLE_S * 1000:.0f} ms idle"
+    role("dropbear")
+    benchmark.pedantic(new, setup=lambda: time.sleep(IDLE_S), rounds=60, warmup_rounds=2)
 
 
 # --- ResNet-50 -------------------------------------------------------------------------------
