@@ -3,7 +3,7 @@ SHELL := /bin/bash
 # The interpreter the virtualenv is made from: the first CPython 3.11 that can make one
 # (venv and ensurepip), trying the system's own build first. Distribution builds are
 # compiled with profile-guided and link-time optimisation; a source build without
-# --enable-optimizations (pyenv's default) runs the nodes' Python path about 10% slower
+# --enable-optimizations (pyenv's default) costs a group 6-11% more CPU per request
 # (benches/README.md, "Fourteenth round"). Override with `make PYTHON=/path/to/python3.11`.
 PYTHON_CANDIDATES := /usr/bin/python3.11 python3.11 python3
 PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell \
