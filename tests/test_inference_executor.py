@@ -604,6 +604,10 @@ def test_hot_update_switches_atomically_and_in_flight_batches_keep_their_version
     assert before_switch.model_version == old
     assert after_switch.model_version == new
     assert executor.predict(x[None])[0] == after_switch
+    # The reused executables run on the new version's own weights: the same answer as an
+    # executor built for that version alone.
+    assert Executor(other_model, max_batch_size=4).predict(x[None])[0] == after_switch
+    assert Executor(model, max_batch_size=4).predict(x[None])[0] == before_switch
     with pytest.raises(UnknownModel, match="is not staged"):
         executor.switch(old)
 
