@@ -4,10 +4,12 @@ SHELL := /bin/bash
 # (venv and ensurepip), trying the system's own build first. Distribution builds are
 # compiled with profile-guided and link-time optimisation; a source build without
 # --enable-optimizations (pyenv's default) costs a group 6-11% more CPU per request
-# (benches/README.md, "Fourteenth round"). Override with `make PYTHON=/path/to/python3.11`.
+# (benches/README.md, "Fourteenth round"). `make PYTHON=/path/to/python3.11` (or PYTHON in
+# the environment) overrides the choice.
 PYTHON_CANDIDATES := /usr/bin/python3.11 python3.11 python3
 PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell \
-	$(p) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info[:2] != (3, 11))' \
+	$(p) -c 'import sys, venv, ensurepip; sys.exit(sys.implementation.name != "cpython" \
+	or sys.version_info[:2] != (3, 11))' \
 	>/dev/null 2>&1 && echo $(p))) python3)
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -257,7 +257,7 @@ class Servable:
 
     def __init__(
         self, model: LoadedModel, executables: dict[int, Any], placement: _Placement,
-        leaves: list[Any], treedef: Any,
+        leaves: list[Any], signature: Any,
     ):
         self.model = model
         self.version = model.version
@@ -266,8 +266,11 @@ class Servable:
         self.buckets: tuple[int, ...] = tuple(sorted(executables))
         self._placement = placement
         self._leaves = leaves
-        """The parameters, flattened in ``_treedef``'s order (what the executables take)."""
-        self._treedef = treedef
+        """The parameters as a flat list (``jax.tree_util.tree_flatten`` of the nnx State):
+        what the executables take."""
+        self._signature = signature
+        """The parameters' tree structure, and each leaf's shape and dtype: a version whose
+        signature (and configuration) is the same can run on these executables."""
         self._labels = model.config.labels
         self.inline: frozenset[int] = frozenset()
         """Buckets fast enough to run on the event loop's thread (see :meth:`time_buckets`)."""
@@ -369,6 +372,10 @@ def _compile_buckets(
     return executables
 
 
+def _leaf_types(leaves: Sequence[Any]) -> tuple[tuple[tuple[int, ...], np.dtype], ...]:
+    return tuple((tuple(leaf.shape), np.dtype(leaf.dtype)) for leaf in leaves)
+
+
 def _same_signature(a: ModelConfig, b: ModelConfig) -> bool:
     """Same architecture, shapes and preprocessing: compiled executables can be shared."""
     return replace(a, current_version=None, description="") == replace(
@@ -459,7 +466,8 @@ class Executor:
     def warm(self, model: LoadedModel) -> Servable:
         """Places ``model`` on the devices, compiles every bucket and runs each once (blocking).
 
-        A version with the same configuration as the current one reuses its executables.
+        A version with the same configuration, parameter tree and parameter shapes and
+        dtypes as the current one reuses its executables.
         """
         input_bytes = (
             math.prod(model.config.input_shape) * np.dtype(model.config.input_dtype).itemsize
@@ -474,14 +482,15 @@ class Executor:
         # State pytree: flattening that tree (Python callbacks per node) on every call cost
         # 70-190 us of the caller's CPU per run of a digit model after an idle spell.
         leaves, treedef = jax.tree_util.tree_flatten(state)
+        signature = (treedef, _leaf_types(leaves))
         current = getattr(self, "_current", None)
         if (current is not None and _same_signature(current.config, model.config)
-                and current._treedef == treedef):
+                and current._signature == signature):
             executables = current._executables
         else:
             executables = _compile_buckets(model, graphdef, treedef, leaves, self._placement,
                                            self.buckets)
-        servable = Servable(model, executables, self._placement, leaves, treedef)
+        servable = Servable(model, executables, self._placement, leaves, signature)
         servable.time_buckets()
         return servable
 
