@@ -19,6 +19,7 @@ from dropbear.inference import (
     Executor,
     ExecutorClosed,
     InferenceError,
+    LoadedModel,
     ModelConfig,
     Preprocessing,
     QueueFull,
@@ -610,6 +611,27 @@ def test_hot_update_switches_atomically_and_in_flight_batches_keep_their_version
     assert Executor(model, max_batch_size=4).predict(x[None])[0] == before_switch
     with pytest.raises(UnknownModel, match="is not staged"):
         executor.switch(old)
+
+
+def test_a_version_with_other_parameter_dtypes_is_compiled_anew(model, other_model):
+    """Same configuration, but bfloat16 weights: the float32 executables cannot run them,
+    so staging compiles new ones, and the version answers as an executor of its own."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(other_model.module)
+    half = LoadedModel.from_module(CONFIG, nnx.merge(graphdef, jax.tree_util.tree_map(
+        lambda a: a.astype(jax.numpy.bfloat16), state)))
+    executor = Executor(model, max_batch_size=4)
+
+    async def body(ex):
+        with CompileCounter() as staging:
+            ex.switch(await ex.stage(half))
+        assert staging.events.count(COMPILE_EVENTS[0]) > 0
+        return await ex.submit(images(1)[0])
+
+    answer = serve(executor, body)
+    assert answer.model_version == half.version
+    assert Executor(half, max_batch_size=4).predict(images(1))[0] == answer
 
 
 def test_stage_refuses_a_model_with_other_inputs(executor):
