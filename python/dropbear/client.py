@@ -88,9 +88,6 @@ class Client:
         self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
         self._flush = PassFlush()
         """Writes the queued REQUESTs, once per scheduler pass."""
-        self._view = 0
-        """The highest view a verified certificate came from."""
-        self._fanout = self._fanout_order()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -148,7 +145,7 @@ class Client:
         try:
             frame = request.encoded
             while not pending.done.is_set() and trio.current_time() < deadline:
-                for link in self._fanout:
+                for link in self.links:
                     self._flush.put(link.outbox, frame)
                 # One scope per (re)send: until the answer, the resend time or the deadline.
                 with trio.move_on_at(min(trio.current_time() + self.request_timeout,
@@ -170,15 +167,6 @@ class Client:
         entry = pending.certificate.entry
         return Result(entry.label, entry.reached, {v.node: v.label for v in entry.votes},
                       pending.certificate, trio.current_time() - start)
-
-    def _fanout_order(self) -> list[PeerLink]:
-        """The links in the order a request goes out: the primary of the highest view seen
-        last. A backup's vote must travel to the primary, the primary's own need not; on a
-        busy host the nodes woken first run first (digits at 20 req/s: p50 0.97x, see
-        benches/README.md, fourteenth round)."""
-        n = len(self.links)
-        primary = self._view % n
-        return [self.links[(primary + 1 + i) % n] for i in range(n)]
 
     async def _retry_loop(self) -> None:
         """Re-sends refused-for-now requests to the nodes that refused them, a backoff
@@ -238,9 +226,6 @@ class Client:
         except certificate.CertificateError:
             self.invalid_replies += 1
             return
-        if cert.view > self._view:
-            self._view = cert.view
-            self._fanout = self._fanout_order()
         pending.certificate = cert
         pending.done.set()
 

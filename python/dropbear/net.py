@@ -330,18 +330,16 @@ class Outbox:
 class PassFlush:
     """Writes frames queued on outboxes once per scheduler pass: what every task queued
     with :meth:`put` during one pass leaves in one write per outbox (under load hundreds of
-    frames, not a system call each), the outboxes in the order frames were first put on
-    them. :meth:`run` must run in a task."""
+    frames, not a system call each). :meth:`run` must run in a task."""
 
     def __init__(self) -> None:
-        self._due: dict[Outbox, None] = {}
-        """Outboxes to flush, in the order frames were first put on them this pass."""
+        self._due: set[Outbox] = set()
         self._wake = trio.Event()
 
     def put(self, outbox: Outbox, payload: bytes) -> bool:
         """Queues ``payload`` on ``outbox`` (see :meth:`Outbox.put`) for the next flush."""
         queued = outbox.put(payload)
-        self._due[outbox] = None
+        self._due.add(outbox)
         self._wake.set()
         return queued
 
@@ -349,7 +347,7 @@ class PassFlush:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            due, self._due = self._due, {}
+            due, self._due = self._due, set()
             for outbox in due:
                 outbox.flush()
 
