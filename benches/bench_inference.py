@@ -172,19 +172,13 @@ def idle_run_pair() -> tuple[Any, Any]:
 # Timed in CPU seconds of the whole process (XLA's threads included): the low-load cost is
 # CPU shared by five processes on two cores, and a cold run's wall time varies more.
 @pytest.mark.benchmark(timer=time.process_time)
-def test_idle_run_pytree_parameters(benchmark, role):
-    old, _ = idle_run_pair()
+@pytest.mark.parametrize("side", ["baseline", "dropbear"])
+def test_idle_run_parameters(benchmark, role, side):
+    old, new = idle_run_pair()
     benchmark.group = f"digits-vit batch 1, CPU of one run after {IDLE_S * 1000:.0f} ms idle"
-    role("baseline")
-    benchmark.pedantic(old, setup=lambda: time.sleep(IDLE_S), rounds=60, warmup_rounds=2)
-
-
-@pytest.mark.benchmark(timer=time.process_time)
-def test_idle_run_flat_parameters(benchmark, role):
-    _, new = idle_run_pair()
-    benchmark.group = f"digits-vit batch 1, CPU of one run after {IDLE_S * 1000:.0f} ms idle"
-    role("dropbear")
-    benchmark.pedantic(new, setup=lambda: time.sleep(IDLE_S), rounds=60, warmup_rounds=2)
+    role(side)
+    run = old if side == "baseline" else new  # the pytree, or the flat list of parameters
+    benchmark.pedantic(run, setup=lambda: time.sleep(IDLE_S), rounds=60, warmup_rounds=2)
 
 
 # --- ResNet-50 -------------------------------------------------------------------------------

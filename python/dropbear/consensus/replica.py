@@ -640,13 +640,17 @@ class Replica:
         it still does not. Done when a client re-sends (by every node, so that all learn the
         same), and by a backup each ``progress`` period that passes with nothing executed
         (so a lost share, or a vote recomputed for a new model version, goes out again)."""
+        for message in self._my_votes_for(digests):
+            self._broadcast(message)
+
+    def _my_votes_for(self, digests: Iterable[bytes]) -> list[Votes]:
+        """Our VOTES messages that carry these requests' votes, each once, in first-use order."""
         messages: dict[bytes, Votes] = {}
         for digest in digests:
             mine = self._my_votes.get(digest)
             if mine is not None:
                 messages[mine.digest] = mine
-        for message in messages.values():
-            self._broadcast(message)
+        return list(messages.values())
 
     def _on_votes(self, message: Votes, verified: bool = False,
                   ordered: frozenset[bytes] | None = None) -> None:
@@ -1590,8 +1594,8 @@ class Replica:
         if self.primary != self.me:
             # The new primary counts only the votes it holds: give it ours for what is
             # still pending (sent to the old primary, or to everyone during the change).
-            pending = {m.digest: m for d, m in self._my_votes.items() if d in self._requests}
-            for message in pending.values():
+            pending = (d for d in self._my_votes if d in self._requests)
+            for message in self._my_votes_for(pending):
                 self._out.append(Send(self.primary, message))
         if self.state.seq < base.stable_seq:
             self.known_top = max(self.known_top, base.stable_seq)
