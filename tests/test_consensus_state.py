@@ -1,11 +1,12 @@
 """GroupState: projections (copies) and the state they came from never change each other."""
 
+import pytest
 from dropbear.agreement import make_entry
 from dropbear.consensus.state import GroupState
-from dropbear.wire import EntryVote, Request
+from dropbear.wire import EntryVote, ModelUpdate, Request, WireError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sim.group import make_group
+from sim.group import key, make_group
 
 GROUP = make_group(4)
 M = GROUP.manifest
@@ -134,3 +135,64 @@ def test_derive_takes_each_nodes_vote_once_and_refuses_two_different_ones():
         changed = votes(0, (digest, 7))
         with pytest.raises(BatchError, match="node 0 gives two votes"):
             derive(Batch((heads[0],), (*agreeing, changed)), M)
+
+
+# --- the state snapshot's encoding (a node's restart point, docs/ledger.md) -----------------
+
+CLIENT_KEYS = [key(f"snapshot/client/{i}") for i in range(5)]
+
+
+def _summary(state: GroupState) -> tuple:
+    """Everything a snapshot must keep, the clients' order (eviction order) included."""
+    return (state.versions, state.counters, list(windows(state).items()), state.seq,
+            state.digest)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 300)), max_size=60),
+       st.lists(st.tuples(st.integers(0, 3), st.binary(min_size=32, max_size=32)), max_size=4),
+       st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32))
+def test_a_state_snapshot_decodes_to_the_same_state(applied, updates, seq, digest):
+    state = GroupState.genesis(M)
+    for client, request_id in applied:
+        head = Request.create(CLIENT_KEYS[client], M.group_id, request_id, "uint8", (1,),
+                              b"\x00").header
+        if state.fresh(head.client, request_id):
+            state.apply_entry(make_entry(head, [EntryVote(n, M.nodes[n].model_version, 0, 1.0)
+                                                for n in range(3)], M.threshold))
+    for counter, (node, version) in enumerate(updates, start=1):
+        state.apply_update(ModelUpdate(M.group_id, node, version, counter))
+    state.seq, state.digest = seq, digest
+    encoded = state.encode(M.group_id)
+    again = GroupState.decode(encoded, M)
+    assert _summary(again) == _summary(state)
+    assert again.encode(M.group_id) == encoded  # canonical
+    # Both go on alike (the decoded windows are its own, as after a copy).
+    follow = Request.create(CLIENT_KEYS[0], M.group_id, 301, "uint8", (1,), b"\x00").header
+    for s in (state, again):
+        s.apply_entry(make_entry(follow, [EntryVote(n, M.nodes[n].model_version, 0, 1.0)
+                                          for n in range(3)], M.threshold))
+    assert _summary(again) == _summary(state)
+
+
+def _snapshot_with_a_client() -> bytes:
+    state = GroupState.genesis(M)
+    state.apply_entry(entry(0, 7))
+    state.apply_entry(entry(0, 9))
+    return state.encode(M.group_id)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-3], "truncated|bytes"),
+    (lambda b: b + b"\x00", "trailing|end"),
+    (lambda b: b[:2] + bytes(32) + b[34:], "another group"),
+    (lambda b: b[:-8] + (6).to_bytes(8, "big"), "not increasing"),  # id 6 below id 7
+])
+def test_a_damaged_state_snapshot_is_refused_with_a_reason(damage, message):
+    with pytest.raises(WireError, match=message):
+        GroupState.decode(damage(_snapshot_with_a_client()), M)
+
+
+def test_a_state_snapshot_of_another_group_size_is_refused():
+    with pytest.raises(WireError, match="another group|not of 7 nodes"):
+        GroupState.decode(_snapshot_with_a_client(), make_group(7).manifest)

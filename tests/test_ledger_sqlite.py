@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from dropbear import certificate
-from dropbear.consensus import Broadcast, Replica, Reply
+from dropbear.consensus import Broadcast, Replica, ReplicaConfig, Reply
 from dropbear.consensus.ledger import MemoryLedger
 from dropbear.consensus.state import derive
 from dropbear.ledger import LedgerCorrupt, LedgerError, SqliteLedger
@@ -35,12 +35,12 @@ from sim.world import SIM_CONFIG, World
 
 
 def _sqlite_world(tmp_path: Path, seed: int, ledger: type[SqliteLedger] = SqliteLedger,
-                  **options) -> tuple[World, list[Path]]:
+                  config: ReplicaConfig = SIM_CONFIG, **options) -> tuple[World, list[Path]]:
     """A simulated group whose nodes keep their ledgers in SQLite files; a restart reopens
     the file (a crash loses the replica and the connection, not the file). With
     ``group_commit`` in ``options`` a node commits after each event and before carrying out
     its actions, as ``dropbear node`` does."""
-    world = World(seed, 4, clients=2)
+    world = World(seed, 4, clients=2, config=config)
     paths = [tmp_path / f"node-{i}.db" for i in range(4)]
 
     def open_ledger(index: int) -> SqliteLedger:
@@ -49,7 +49,7 @@ def _sqlite_world(tmp_path: Path, seed: int, ledger: type[SqliteLedger] = Sqlite
     for node in world.nodes:
         node.ledger = open_ledger(node.index)
         node.replica = Replica(world.manifest, node.index, world.group.node_keys[node.index],
-                               node.ledger, SIM_CONFIG)
+                               node.ledger, config)
     restart, run = world.restart, world._run
 
     def reopen_and_restart(index: int) -> None:
@@ -144,8 +144,13 @@ def test_reopen_restores_view_signed_prepared_and_chain(tmp_path):
 # --- integrity -----------------------------------------------------------------------------
 
 
-def _filled(tmp_path: Path) -> tuple[World, Path]:
-    world, paths = _sqlite_world(tmp_path, 9)
+NO_SNAPSHOTS = dataclasses.replace(SIM_CONFIG, snapshot_interval=1024)
+"""The open checks the hash chain from the latest state snapshot on: these tests alter
+batch 1, so they keep none (see the snapshot tests below)."""
+
+
+def _filled(tmp_path: Path, config: ReplicaConfig = NO_SNAPSHOTS) -> tuple[World, Path]:
+    world, paths = _sqlite_world(tmp_path, 9, config=config)
     for _ in range(10):
         world.at(0.1, lambda: world.submit(1))
     world.run_until(10.0, stop=world.all_certified)
@@ -217,6 +222,153 @@ def test_another_groups_or_nodes_file_is_refused(tmp_path):
         SqliteLedger(path, group_id=b"\x01" * 32, node=1)
     with pytest.raises(LedgerError, match="belongs to node 1"):
         SqliteLedger(path, group_id=bytes(32), node=2)
+
+
+# --- state snapshots: a restart replays only the batches after the latest one ---------------
+
+SNAPSHOT_EVERY_2 = dataclasses.replace(SIM_CONFIG, snapshot_interval=2)
+
+
+class CountingLedger(SqliteLedger):
+    """A SqliteLedger that records the batch ranges read from it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: list[tuple[int, int]] = []
+
+    def committed(self, start: int, stop: int):
+        self.read.append((start, stop))
+        return super().committed(start, stop)
+
+
+def _many_batches(tmp_path: Path) -> tuple[World, Path]:
+    """Node 0's closed ledger after 14 requests sent one at a time (about one batch each),
+    with a snapshot every 2 batches."""
+    world, paths = _sqlite_world(tmp_path, 11, config=SNAPSHOT_EVERY_2)
+    for i in range(14):
+        world.at(0.15 * i, lambda: world.submit(0))
+    world.run_until(2.5)  # all sent (all_certified holds between two of them)
+    world.run_until(20.0, stop=world.all_certified)
+    assert world.all_certified()
+    for node in world.nodes:
+        node.ledger.close()
+    assert SqliteLedger(paths[0]).last_seq() >= 8
+    return world, paths[0]
+
+
+def _restart(world: World, ledger: SqliteLedger) -> Replica:
+    return Replica(world.manifest, 0, world.group.node_keys[0], ledger, SNAPSHOT_EVERY_2)
+
+
+def _full_replay_state(world: World, path: Path, tmp_path: Path) -> bytes:
+    """The state a restart gets by replaying every batch (a copy of the file, no snapshots)."""
+    copy = tmp_path / "full.db"
+    db = sqlite3.connect(path)
+    db.execute("VACUUM INTO ?", (str(copy),))
+    db.close()
+    db = sqlite3.connect(copy)
+    db.execute("DELETE FROM snapshots")
+    db.commit()
+    db.close()
+    ledger = CountingLedger(copy)
+    replica = _restart(world, ledger)
+    assert ledger.read[0][0] == 1
+    return replica.state.encode(world.manifest.group_id)
+
+
+def test_a_restart_rebuilds_from_the_latest_snapshot_and_replays_only_what_follows(tmp_path):
+    world, path = _many_batches(tmp_path)
+    ledger = CountingLedger(path)
+    last = ledger.last_seq()
+    seq, _ = ledger.snapshot()
+    assert seq == last - last % 2
+    kept = [r[0] for r in ledger.db.execute("SELECT seq FROM snapshots ORDER BY seq")]
+    assert kept == [seq - 2, seq]  # KEPT_SNAPSHOTS
+    replica = _restart(world, ledger)
+    assert ledger.read == ([(seq + 1, last + 1)] if seq < last else [])
+    assert replica.executed == last
+    assert replica.state.encode(world.manifest.group_id) == _full_replay_state(world, path,
+                                                                              tmp_path)
+
+
+def test_a_snapshot_that_fails_its_checksum_is_passed_over(tmp_path):
+    world, path = _many_batches(tmp_path)
+    db = sqlite3.connect(path)
+    (seq, state), (previous,) = (
+        db.execute("SELECT seq, state FROM snapshots ORDER BY seq DESC").fetchone(),
+        db.execute("SELECT min(seq) FROM snapshots").fetchone())
+    damaged = bytearray(state)
+    damaged[40] ^= 0x01
+    db.execute("UPDATE snapshots SET state = ? WHERE seq = ?", (bytes(damaged), seq))
+    db.commit()
+    db.close()
+    ledger = CountingLedger(path)
+    assert ledger.snapshot()[0] == previous
+    replica = _restart(world, ledger)
+    assert ledger.read[0][0] == previous + 1
+    assert replica.state.encode(world.manifest.group_id) == _full_replay_state(world, path,
+                                                                              tmp_path)
+
+
+def test_a_snapshot_that_does_not_match_its_batch_is_refused(tmp_path):
+    from dropbear.ledger import _snapshot_checksum
+
+    _, path = _many_batches(tmp_path)
+    db = sqlite3.connect(path)
+    seq, state = db.execute("SELECT seq, state FROM snapshots ORDER BY seq DESC").fetchone()
+    other = bytes(32)  # a chain value no batch has, with a checksum that holds
+    db.execute("UPDATE snapshots SET chain = ?, checksum = ? WHERE seq = ?",
+               (other, _snapshot_checksum(seq, other, bytes(state)), seq))
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerCorrupt, match=f"snapshot at batch {seq} does not match"):
+        SqliteLedger(path)
+
+
+def test_with_snapshots_the_open_checks_the_chain_after_the_latest_and_audit_all_of_it(
+        tmp_path):
+    from dropbear.ledger import audit
+
+    world, path = _many_batches(tmp_path)
+    db = sqlite3.connect(path)  # keep the earlier snapshot only: batches follow it
+    db.execute("DELETE FROM snapshots WHERE seq = (SELECT max(seq) FROM snapshots)")
+    db.commit()
+    db.close()
+    ledger = SqliteLedger(path)
+    last, (seq, _) = ledger.last_seq(), ledger.snapshot()
+    ledger.close()
+    assert 1 < seq < last
+
+    def alter(at: int) -> None:
+        db = sqlite3.connect(path)
+        (encoded,) = db.execute("SELECT encoded FROM batches WHERE seq = ?", (at,)).fetchone()
+        altered = bytearray(encoded)
+        altered[-1] ^= 0x01
+        db.execute("UPDATE batches SET encoded = ? WHERE seq = ?", (bytes(altered), at))
+        db.commit()
+        db.close()
+
+    alter(1)  # before the snapshot: the open no longer reads it; the audit does
+    report = audit(SqliteLedger(path), world.manifest)
+    assert not report.ok and any("batch 1" in p for p in report.problems)
+    alter(last)  # after it: the open refuses the file
+    with pytest.raises(LedgerCorrupt, match=f"hash chain breaks at batch {last}"):
+        SqliteLedger(path)
+
+
+def test_a_version_1_ledger_gains_the_snapshots_table_at_open(tmp_path):
+    from dropbear.ledger import SCHEMA_VERSION
+
+    world, path = _filled(tmp_path)
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE snapshots")
+    db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    ledger = SqliteLedger(path)
+    assert ledger.meta()["schema_version"] == SCHEMA_VERSION == 2
+    assert ledger.snapshot() is None
+    assert _restart(world, ledger).executed == ledger.last_seq()
 
 
 # --- full disk, read-only directory ---------------------------------------------------------

@@ -27,6 +27,7 @@ file raises :class:`LedgerCorrupt` and is never used.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import struct
@@ -52,7 +53,12 @@ from dropbear.wire import (
     decode,
 )
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+"""Version 2 added the ``snapshots`` table; a version-1 ledger gains it at open."""
+KEPT_SNAPSHOTS = 2
+"""State snapshots a ledger keeps (the latest and the one before it)."""
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 GENESIS_CHAIN = bytes(32)
 """The hash chain's value before batch 1."""
@@ -112,6 +118,12 @@ CREATE TABLE IF NOT EXISTS prepared (
     view INTEGER NOT NULL,
     encoded BLOB NOT NULL,
     PRIMARY KEY (seq, view)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq INTEGER PRIMARY KEY,
+    chain BLOB NOT NULL,
+    state BLOB NOT NULL,
+    checksum BLOB NOT NULL
 );
 """
 
@@ -261,6 +273,14 @@ class SqliteLedger:
             db.execute("COMMIT")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         version = meta.get("schema_version")
+        if version == 1:  # version 2 only adds the snapshots table
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                       (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise LedgerCorrupt(f"ledger {self.path} has schema version {version!r}; this "
                                 f"dropbear reads version {SCHEMA_VERSION}")
@@ -290,10 +310,22 @@ class SqliteLedger:
         return (0, GENESIS_CHAIN) if row is None else (row[0], bytes(row[1]))
 
     def _check_chain(self) -> tuple[int, bytes]:
-        """Recomputes the hash chain and checks sequence continuity from 1."""
-        expected_seq, chain = 1, GENESIS_CHAIN
+        """Recomputes the hash chain and checks sequence continuity: from the latest intact
+        state snapshot (whose row holds the chain value at its batch, see
+        :meth:`save_snapshot`), or from 1. ``dropbear audit`` checks the whole chain."""
+        latest = self._latest_snapshot()
+        expected_seq, chain = (1, GENESIS_CHAIN) if latest is None else (latest[0] + 1,
+                                                                         latest[1])
+        if latest is not None:
+            row = self.db.execute("SELECT chain FROM batches WHERE seq = ?",
+                                  (latest[0],)).fetchone()
+            if row is None or bytes(row[0]) != latest[1]:
+                raise LedgerCorrupt(f"ledger {self.path}: the state snapshot at batch "
+                                    f"{latest[0]} does not match the batch stored there; "
+                                    "refusing to use it")
         for seq, stored, encoded in self.db.execute(
-                "SELECT seq, chain, encoded FROM batches ORDER BY seq"):
+                "SELECT seq, chain, encoded FROM batches WHERE seq >= ? ORDER BY seq",
+                (expected_seq,)):
             if seq != expected_seq:
                 raise LedgerCorrupt(f"ledger {self.path}: committed batch {expected_seq} is "
                                     f"missing (next stored is {seq}); refusing to use it")
@@ -433,6 +465,36 @@ class SqliteLedger:
             db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)",
                        (seq, digest, _encode_list([c.encoded for c in proof])))
 
+    def save_snapshot(self, seq: int, state: bytes) -> None:
+        """Stores the state after batch ``seq``, the last one appended, with the hash chain
+        at that batch and a checksum over both; keeps the latest KEPT_SNAPSHOTS. Deferred
+        like the batch itself (written in the same transaction)."""
+        if seq != self._last:
+            raise LedgerError(f"ledger {self.path}: snapshot of batch {seq}, but the last "
+                              f"stored batch is {self._last}")
+        chain = self._chain
+        with self._write(f"state snapshot {seq}", sync=False) as db:
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
+                       (seq, chain, state, _snapshot_checksum(seq, chain, state)))
+            db.execute("DELETE FROM snapshots WHERE seq NOT IN (SELECT seq FROM snapshots "
+                       "ORDER BY seq DESC LIMIT ?)", (KEPT_SNAPSHOTS,))
+
+    def snapshot(self) -> tuple[int, bytes] | None:
+        latest = self._latest_snapshot()
+        return None if latest is None else (latest[0], latest[2])
+
+    def _latest_snapshot(self) -> tuple[int, bytes, bytes] | None:
+        """``(seq, chain, state)`` of the latest snapshot whose checksum holds (a damaged
+        one is passed over: the batches before it are all still stored)."""
+        for seq, chain, state, checksum in self.db.execute(
+                "SELECT seq, chain, state, checksum FROM snapshots ORDER BY seq DESC"):
+            chain, state = bytes(chain), bytes(state)
+            if _snapshot_checksum(seq, chain, state) == bytes(checksum):
+                return seq, chain, state
+            log.warning("ledger %s: the state snapshot at batch %d fails its checksum; "
+                        "passing it over", self.path, seq)
+        return None
+
     def truncate(self, stable_seq: int) -> None:
         with self._write(f"truncation at {stable_seq}") as db:
             db.execute("DELETE FROM signed WHERE seq <= ?", (stable_seq,))
@@ -532,6 +594,10 @@ class SqliteLedger:
 
     def meta(self) -> dict[str, object]:
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _snapshot_checksum(seq: int, chain: bytes, state: bytes) -> bytes:
+    return _core.sha256(struct.pack(">Q", seq) + chain + state)
 
 
 def _statements(script: str) -> list[str]:

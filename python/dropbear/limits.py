@@ -125,6 +125,12 @@ SEQ_WINDOW = 64
 """Sequence numbers accepted above the last stable checkpoint (PBFT's high watermark)."""
 CHECKPOINT_INTERVAL = 16
 """K: a CHECKPOINT every K sequence numbers; the log below a stable one is discarded."""
+SNAPSHOT_INTERVAL = 1024
+"""Committed batches between two snapshots of the group state in a node's ledger: a
+restarted node rebuilds its state from the latest one and replays only the batches after it
+(at most this many, not the whole log). A snapshot holds up to MAX_CLIENTS client windows."""
+RECOVERY_CHUNK = 256
+"""Committed batches a restarting replica reads from its ledger at a time."""
 PIPELINE_DEPTH = 16
 """Batches the primary keeps in flight beyond the last executed one."""
 VOTE_WAIT = 0.02

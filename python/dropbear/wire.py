@@ -83,6 +83,7 @@ class Kind(IntEnum):
     REQUEST_ENTRY = 0x21
     UPDATE_ENTRY = 0x22
     CERTIFICATE = 0x30
+    STATE_SNAPSHOT = 0x40
 
 
 # --- byte reader and writer -----------------------------------------------------------------

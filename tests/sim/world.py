@@ -41,6 +41,7 @@ from .invariants import Checker
 
 SIM_CONFIG = ReplicaConfig(
     checkpoint_interval=4,
+    snapshot_interval=3,  # restarts rebuild from snapshots (and replay the batches after)
     window=16,
     pipeline_depth=3,
     max_batch_entries=8,

@@ -61,6 +61,13 @@ class Ledger(Protocol):
     def truncate(self, stable_seq: int) -> None:
         """Forgets signed statements and prepared proofs at or below ``stable_seq``."""
 
+    def save_snapshot(self, seq: int, state: bytes) -> None:
+        """Stores the encoded group state after committed batch ``seq``, written with that
+        batch (as durable as it); the replica restarts from the latest one."""
+
+    def snapshot(self) -> tuple[int, bytes] | None:
+        """The latest stored ``(seq, encoded state)``, or None (none, or not intact)."""
+
     def load(self) -> DurableState: ...
 
 
@@ -71,6 +78,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self._batches: dict[int, CommittedBatch] = {}
         self._state = DurableState()
+        self._snapshot: tuple[int, bytes] | None = None
 
     def append_committed(self, batch: CommittedBatch) -> None:
         assert batch.seq == self.last_seq() + 1, (batch.seq, self.last_seq())
@@ -97,6 +105,12 @@ class MemoryLedger:
     def truncate(self, stable_seq: int) -> None:
         self._state.signed = [s for s in self._state.signed if s.seq > stable_seq]
         self._state.prepared = [p for p in self._state.prepared if p.seq > stable_seq]
+
+    def save_snapshot(self, seq: int, state: bytes) -> None:
+        self._snapshot = (seq, state)
+
+    def snapshot(self) -> tuple[int, bytes] | None:
+        return self._snapshot
 
     def load(self) -> DurableState:
         return DurableState(

@@ -84,6 +84,7 @@ class ReplicaConfig:
     """Tunable bounds and delays; defaults from :mod:`dropbear.limits`."""
 
     checkpoint_interval: int = L.CHECKPOINT_INTERVAL
+    snapshot_interval: int = L.SNAPSHOT_INTERVAL
     window: int = L.SEQ_WINDOW
     pipeline_depth: int = L.PIPELINE_DEPTH
     max_batch_entries: int = L.MAX_BATCH_ENTRIES
@@ -106,6 +107,8 @@ class ReplicaConfig:
         if self.eager_depth < 1 or self.batch_fill < 1:
             raise ValueError(f"eager depth {self.eager_depth} and batch fill {self.batch_fill} "
                              "must be at least 1")
+        if self.snapshot_interval < 1:
+            raise ValueError(f"snapshot interval {self.snapshot_interval} must be at least 1")
         if self.hold_min < 0:
             raise ValueError(f"hold minimum {self.hold_min} must be at least 0")
         if not 0 < self.checkpoint_interval <= self.window // 2:
@@ -434,12 +437,20 @@ class Replica:
 
     def _recover(self) -> None:
         durable = self.ledger.load()
+        last = self.ledger.last_seq()
+        snapshot = self.ledger.snapshot()
+        if snapshot is not None and snapshot[0] <= last:
+            self.state = GroupState.decode(snapshot[1], self.manifest)
+            if self.state.seq != snapshot[0]:
+                raise ValueError(f"ledger snapshot {snapshot[0]} holds the state of batch "
+                                 f"{self.state.seq}")
         self._replaying = True
-        for cb in self.ledger.committed(1, self.ledger.last_seq() + 1):
-            derived = proofs.valid_committed(self.manifest, cb)
-            if derived is None or cb.seq != self.state.seq + 1:
-                raise ValueError(f"ledger batch {cb.seq} does not verify")
-            self._execute_batch(cb, derived)
+        for start in range(self.state.seq + 1, last + 1, L.RECOVERY_CHUNK):
+            for cb in self.ledger.committed(start, min(start + L.RECOVERY_CHUNK, last + 1)):
+                derived = proofs.valid_committed(self.manifest, cb)
+                if derived is None or cb.seq != self.state.seq + 1:
+                    raise ValueError(f"ledger batch {cb.seq} does not verify")
+                self._execute_batch(cb, derived)
         self._replaying = False
         for statement in durable.signed:
             key = (statement.kind, statement.view, statement.seq)
@@ -1317,6 +1328,8 @@ class Replica:
                 self._switch_model(update.model_version)
         if self._replaying:
             return
+        if cb.seq % self.config.snapshot_interval == 0:
+            self.ledger.save_snapshot(cb.seq, self.state.encode(self.gid))
         self._out.append(
             Deliver(cb.view, cb.seq, derived.root, tuple(certified), updates, tuple(void))
         )

@@ -18,13 +18,20 @@ from dropbear.cached import cached_property
 from dropbear.limits import MAX_CLIENTS, MAX_INFLIGHT_PER_CLIENT
 from dropbear.manifest import Manifest
 from dropbear.wire import (
+    DIGEST_BYTES,
     Batch,
     EntryVote,
+    Kind,
     ModelUpdate,
+    Reader,
     RequestEntry,
     RequestHeader,
     UpdateEntry,
+    WireError,
+    Writer,
+    read_header,
 )
+from dropbear.wire import header as write_header
 
 
 class BatchError(ValueError):
@@ -118,6 +125,10 @@ class ClientWindow:
         return ClientWindow(self.low, set(self.ordered))
 
 
+_WINDOW_HEAD = struct.Struct(">32sQH")
+"""A client window in a state snapshot: client key, low, count of the ordered ids."""
+
+
 @dataclass
 class GroupState:
     """What the ordered log up to ``seq`` implies; identical on every honest replica."""
@@ -156,6 +167,61 @@ class GroupState:
             if vote.model_version != self.versions[vote.node]:
                 return f"vote of node {vote.node} from model {vote.model_version.hex()[:16]}"
         return None
+
+    def encode(self, group_id: bytes) -> bytes:
+        """The canonical bytes of this state (a node's restart snapshot, docs/ledger.md).
+
+        ``01 | 40 | group id | seq u64 | digest | node count u16 | (version | counter u64)* |
+        client count u32 | (client key | low u64 | id count u16 | id u64 *)*``: clients from
+        least to most recently used (the order MAX_CLIENTS evicts them in), ids increasing.
+        """
+        w = Writer()
+        write_header(w, Kind.STATE_SNAPSHOT, group_id)
+        w.u64(self.seq)
+        w.fixed(self.digest, DIGEST_BYTES, "state digest")
+        w.u16(len(self.versions))
+        for version, counter in zip(self.versions, self.counters, strict=True):
+            w.fixed(version, DIGEST_BYTES, "model version")
+            w.u64(counter)
+        w.u32(len(self.clients))
+        for client, window in self.clients.items():
+            ids = sorted(window.ordered)
+            w.record(_WINDOW_HEAD, "client window", client, window.low, len(ids))
+            for request_id in ids:
+                w.u64(request_id)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes, manifest: Manifest) -> GroupState:
+        """The state :meth:`encode` wrote for ``manifest``'s group; WireError names what is
+        malformed (another group or group size, counts past their limits, ids out of order
+        or below their window)."""
+        r = Reader(data)
+        if read_header(r, Kind.STATE_SNAPSHOT) != manifest.group_id:
+            raise WireError("state snapshot of another group")
+        seq = r.u64("seq")
+        digest = r.fixed(DIGEST_BYTES, "state digest")
+        if r.u16("node count") != manifest.n:
+            raise WireError(f"state snapshot is not of {manifest.n} nodes")
+        versions, counters = [], []
+        for _ in range(manifest.n):
+            versions.append(r.fixed(DIGEST_BYTES, "model version"))
+            counters.append(r.u64("update counter"))
+        clients: OrderedDict[bytes, ClientWindow] = OrderedDict()
+        for _ in range(r.count("client count", MAX_CLIENTS)):
+            client, low, count = r.record(_WINDOW_HEAD, "client window")
+            if client in clients:
+                raise WireError(f"client {client.hex()[:16]} twice in a state snapshot")
+            if count > MAX_INFLIGHT_PER_CLIENT:
+                raise WireError(f"{count} ordered ids for one client, limit "
+                                f"{MAX_INFLIGHT_PER_CLIENT}")
+            ids = [r.u64("request id") for _ in range(count)]
+            if ids != sorted(set(ids)) or (ids and ids[0] < low):
+                raise WireError(f"ordered ids of client {client.hex()[:16]} not increasing "
+                                f"from its window's low {low}")
+            clients[client] = ClientWindow(low, set(ids))
+        r.end("state snapshot")
+        return cls(versions, counters, clients, seq, digest)
 
     def update_problem(self, update: ModelUpdate) -> str | None:
         if update.counter <= self.counters[update.node]:
