@@ -21,8 +21,10 @@ read-only file) raises :class:`LedgerError`; the node stops rather than send any
 depends on it.
 
 At open the file is checked (``PRAGMA quick_check``, schema version, group and node, the
-hash chain over committed batches and their sequence continuity); a corrupted or truncated
-file raises :class:`LedgerCorrupt` and is never used.
+hash chain over the committed batches after the latest state snapshot and their sequence
+continuity); a corrupted or truncated file raises :class:`LedgerCorrupt` and is never used.
+State snapshots (every ``limits.SNAPSHOT_INTERVAL`` batches) are where a restarted replica
+starts from, so neither the open nor the restart reads the whole log; :func:`audit` does.
 """
 
 from __future__ import annotations
