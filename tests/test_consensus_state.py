@@ -2,7 +2,7 @@
 
 import pytest
 from dropbear.agreement import make_entry
-from dropbear.consensus.state import GroupState
+from dropbear.consensus.state import ClientWindow, GroupState
 from dropbear.wire import EntryVote, ModelUpdate, Request, WireError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -196,3 +196,15 @@ def test_a_damaged_state_snapshot_is_refused_with_a_reason(damage, message):
 def test_a_state_snapshot_of_another_group_size_is_refused():
     with pytest.raises(WireError, match="another group|not of 7 nodes"):
         GroupState.decode(_snapshot_with_a_client(), make_group(7).manifest)
+
+
+@pytest.mark.parametrize("window, message", [
+    (ClientWindow(0, set()), "not increasing within"),  # no id: never made by use()
+    (ClientWindow(0, {100}), "not increasing within its window 0..63"),  # above the window
+    (ClientWindow(5, {10}), "window low 5 without id 68"),  # low that no id set
+])
+def test_a_state_snapshot_no_replay_makes_is_refused(window, message):
+    state = GroupState.genesis(M)
+    state.clients[CLIENT_KEYS[0].public_key] = window
+    with pytest.raises(WireError, match=message):
+        GroupState.decode(state.encode(M.group_id), M)

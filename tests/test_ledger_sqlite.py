@@ -18,10 +18,12 @@ import pytest
 from dropbear import certificate
 from dropbear.consensus import Broadcast, Replica, ReplicaConfig, Reply
 from dropbear.consensus.ledger import MemoryLedger
-from dropbear.consensus.state import derive
-from dropbear.ledger import LedgerCorrupt, LedgerError, SqliteLedger
+from dropbear.consensus.events import Receive, Send
+from dropbear.consensus.state import GroupState, derive
+from dropbear.ledger import LedgerCorrupt, LedgerError, SqliteLedger, audit
 from dropbear.wire import (
     Batch,
+    CatchupRequest,
     Kind,
     Prepare,
     PrePrepare,
@@ -354,6 +356,50 @@ def test_with_snapshots_the_open_checks_the_chain_after_the_latest_and_audit_all
     alter(last)  # after it: the open refuses the file
     with pytest.raises(LedgerCorrupt, match=f"hash chain breaks at batch {last}"):
         SqliteLedger(path)
+
+
+def test_catch_up_serves_the_batches_before_the_first_altered_one(tmp_path):
+    world, path = _many_batches(tmp_path)
+    db = sqlite3.connect(path)
+    (encoded,) = db.execute("SELECT encoded FROM batches WHERE seq = 3").fetchone()
+    db.execute("UPDATE batches SET encoded = ? WHERE seq = 3", (bytes(encoded)[:-5],))
+    db.commit()
+    db.close()
+    ledger = SqliteLedger(path)  # batch 3 lies before the latest snapshot: the open passes
+    assert [cb.seq for cb in ledger.committed(1, 10)] == [1, 2]
+    assert ledger.committed(4, 6) != []  # chained from batch 3's stored chain value
+    replica = _restart(world, ledger)
+    actions = replica.handle(Receive(1, CatchupRequest(world.manifest.group_id, 1, 1).signed(
+        world.group.node_keys[1])))  # answered from batches 1-2, not stopped by batch 3
+    [answer] = [a.message for a in actions if isinstance(a, Send)]
+    assert [cb.seq for cb in answer.batches] == [1, 2]
+    report = audit(ledger, world.manifest)
+    assert any("batch 3: the hash chain breaks" in p for p in report.problems)
+
+
+def test_audit_checks_the_chain_values_and_each_snapshot_against_the_replay(tmp_path):
+    from dropbear.ledger import _snapshot_checksum
+
+    world, path = _many_batches(tmp_path)
+    db = sqlite3.connect(path)
+    seq, chain, state = db.execute(
+        "SELECT seq, chain, state FROM snapshots ORDER BY seq DESC").fetchone()
+    other = GroupState.decode(bytes(state), world.manifest)
+    other.clients.move_to_end(next(iter(other.clients)))  # another eviction order
+    forged = other.encode(world.manifest.group_id) if len(other.clients) > 1 else (
+        bytes(state)[:-1] + bytes([bytes(state)[-1] ^ 1]))
+    db.execute("UPDATE snapshots SET state = ?, checksum = ? WHERE seq = ?",
+               (forged, _snapshot_checksum(seq, bytes(chain), forged), seq))
+    db.commit()
+    db.close()
+    report = audit(SqliteLedger(path), world.manifest)
+    assert any(f"state snapshot {seq}: differs" in p for p in report.problems)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE batches SET chain = ? WHERE seq = 1", (bytes(32),))
+    db.commit()
+    db.close()
+    report = audit(SqliteLedger(path), world.manifest)
+    assert any("batch 1: the hash chain breaks" in p for p in report.problems)
 
 
 def test_a_version_1_ledger_gains_the_snapshots_table_at_open(tmp_path):

@@ -275,22 +275,21 @@ class SqliteLedger:
             db.execute("COMMIT")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         version = meta.get("schema_version")
-        if version == 1:  # version 2 only adds the snapshots table
+        if version not in (1, SCHEMA_VERSION):
+            raise LedgerCorrupt(f"ledger {self.path} has schema version {version!r}; this "
+                                f"dropbear reads version {SCHEMA_VERSION} (and upgrades 1)")
+        if group_id is not None and meta.get("group_id", group_id) != group_id:
+            raise LedgerError(f"ledger {self.path} belongs to group "
+                              f"{bytes(meta['group_id']).hex()[:16]}, not {group_id.hex()[:16]}")
+        if node is not None and meta.get("node", node) != node:
+            raise LedgerError(f"ledger {self.path} belongs to node {meta['node']}, not {node}")
+        if version == 1:  # version 2 only adds the snapshots table (one way: 1 cannot read 2)
             db.execute("BEGIN IMMEDIATE")
             for statement in _statements(SCHEMA):
                 db.execute(statement)
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                        (SCHEMA_VERSION,))
             db.execute("COMMIT")
-            version = SCHEMA_VERSION
-        if version != SCHEMA_VERSION:
-            raise LedgerCorrupt(f"ledger {self.path} has schema version {version!r}; this "
-                                f"dropbear reads version {SCHEMA_VERSION}")
-        if group_id is not None and meta.get("group_id", group_id) != group_id:
-            raise LedgerError(f"ledger {self.path} belongs to group "
-                              f"{bytes(meta['group_id']).hex()[:16]}, not {group_id.hex()[:16]}")
-        if node is not None and meta.get("node", node) != node:
-            raise LedgerError(f"ledger {self.path} belongs to node {meta['node']}, not {node}")
         self._last, self._chain = self._check_chain() if check else self._tail()
         if self.deferred_sync:
             self._mark_open(meta)
@@ -439,9 +438,30 @@ class SqliteLedger:
             self._last, self._chain = batch.seq, chain
 
     def committed(self, start: int, stop: int) -> list[CommittedBatch]:
-        rows = self.db.execute("SELECT encoded FROM batches WHERE seq >= ? AND seq < ? "
-                               "ORDER BY seq", (max(start, 1), stop)).fetchall()
-        return [CommittedBatch.decode(bytes(r[0])) for r in rows]
+        """The stored batches in ``start..stop``, each checked against the hash chain (the
+        open checks only those after the latest snapshot); they end before the first that
+        fails, which is logged (``dropbear audit`` then names it)."""
+        start = max(start, 1)
+        rows = self.db.execute("SELECT seq, chain, encoded FROM batches WHERE seq >= ? AND "
+                               "seq < ? ORDER BY seq", (start - 1, stop)).fetchall()
+        chain = GENESIS_CHAIN if start == 1 else None
+        out = []
+        for seq, stored, encoded in rows:
+            if seq == start - 1:
+                chain = bytes(stored)
+                continue
+            encoded = bytes(encoded)
+            if chain is None or chain_next(chain, seq, encoded) != bytes(stored):
+                log.error("ledger %s: the hash chain breaks at batch %d; serving the batches "
+                          "before it only (run dropbear audit)", self.path, seq)
+                break
+            try:
+                out.append(CommittedBatch.decode(encoded))
+            except WireError as error:
+                log.error("ledger %s: batch %d does not decode: %s", self.path, seq, error)
+                break
+            chain = bytes(stored)
+        return out
 
     def last_seq(self) -> int:
         return self._last
@@ -484,6 +504,16 @@ class SqliteLedger:
     def snapshot(self) -> tuple[int, bytes] | None:
         latest = self._latest_snapshot()
         return None if latest is None else (latest[0], latest[2])
+
+    def snapshots(self) -> dict[int, tuple[bytes, bytes] | None]:
+        """Every stored snapshot: ``seq -> (chain, state)``, or None where its checksum
+        fails (for :func:`audit`)."""
+        return {
+            seq: ((bytes(chain), bytes(state))
+                  if _snapshot_checksum(seq, bytes(chain), bytes(state)) == bytes(checksum)
+                  else None)
+            for seq, chain, state, checksum in self.db.execute(
+                "SELECT seq, chain, state, checksum FROM snapshots")}
 
     def _latest_snapshot(self) -> tuple[int, bytes, bytes] | None:
         """``(seq, chain, state)`` of the latest snapshot whose checksum holds (a damaged
@@ -646,12 +676,18 @@ def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
     roots: dict[int, tuple[bytes, list[bytes]]] = {}
     digests: dict[int, bytes] = {}
     updates: list[tuple[int, int, int, bytes]] = []
-    expected = 1
+    expected, chain = 1, GENESIS_CHAIN
+    snapshots = ledger.snapshots()
     for stored in ledger.stored_batches():
         if stored.seq != expected:
             problems.append(f"batch {expected} missing (next is {stored.seq})")
             break
         expected += 1
+        chain = chain_next(chain, stored.seq, stored.encoded)
+        if chain != stored.chain:
+            problems.append(f"batch {stored.seq}: the hash chain breaks (its bytes or its "
+                            "chain value were altered)")
+            break
         try:
             cb = CommittedBatch.decode(stored.encoded)
         except WireError as error:
@@ -671,8 +707,15 @@ def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
             updates.append((cb.seq, u.node, u.counter, u.model_version))
         roots[cb.seq] = (derived.root, derived.leaves)
         digests[cb.seq] = state.digest
+        snapshot = snapshots.pop(cb.seq, None)
+        if snapshot is not None and snapshot != (chain, state.encode(manifest.group_id)):
+            problems.append(f"state snapshot {cb.seq}: differs from the re-executed state or "
+                            "the hash chain there")
         report.batches += 1
         report.entries += len(valid_entries)
+    for seq in sorted(snapshots):
+        problems.append(f"state snapshot {seq}: its checksum fails or its batch was not "
+                        "re-executed")
     for cert in ledger.certificates():
         report.certificates += 1
         what = f"certificate of request {cert.entry.request_id} (seq {cert.seq})"

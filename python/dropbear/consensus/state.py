@@ -216,9 +216,15 @@ class GroupState:
                 raise WireError(f"{count} ordered ids for one client, limit "
                                 f"{MAX_INFLIGHT_PER_CLIENT}")
             ids = [r.u64("request id") for _ in range(count)]
-            if ids != sorted(set(ids)) or (ids and ids[0] < low):
+            # As ClientWindow.use leaves it: at least one id, increasing, none below low,
+            # and the highest one sets low (low = highest - MAX_INFLIGHT_PER_CLIENT + 1).
+            top = low + MAX_INFLIGHT_PER_CLIENT - 1
+            if not ids or ids != sorted(set(ids)) or ids[0] < low or ids[-1] > top:
                 raise WireError(f"ordered ids of client {client.hex()[:16]} not increasing "
-                                f"from its window's low {low}")
+                                f"within its window {low}..{top}")
+            if low > 0 and ids[-1] != top:
+                raise WireError(f"client {client.hex()[:16]}: window low {low} without id "
+                                f"{top}")
             clients[client] = ClientWindow(low, set(ids))
         r.end("state snapshot")
         return cls(versions, counters, clients, seq, digest)
