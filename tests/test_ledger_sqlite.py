@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from dropbear import certificate
 from dropbear.consensus import Broadcast, Replica, ReplicaConfig, Reply
-from dropbear.consensus.ledger import MemoryLedger
 from dropbear.consensus.events import Receive, Send
+from dropbear.consensus.ledger import MemoryLedger
 from dropbear.consensus.state import GroupState, derive
 from dropbear.ledger import LedgerCorrupt, LedgerError, SqliteLedger, audit
 from dropbear.wire import (

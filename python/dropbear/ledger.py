@@ -314,9 +314,8 @@ class SqliteLedger:
         """Recomputes the hash chain and checks sequence continuity: from the latest intact
         state snapshot (whose row holds the chain value at its batch, see
         :meth:`save_snapshot`), or from 1. ``dropbear audit`` checks the whole chain."""
+        expected_seq, chain = 1, GENESIS_CHAIN
         latest = self._latest_snapshot()
-        expected_seq, chain = (1, GENESIS_CHAIN) if latest is None else (latest[0] + 1,
-                                                                         latest[1])
         if latest is not None:
             row = self.db.execute("SELECT chain FROM batches WHERE seq = ?",
                                   (latest[0],)).fetchone()
@@ -324,6 +323,7 @@ class SqliteLedger:
                 raise LedgerCorrupt(f"ledger {self.path}: the state snapshot at batch "
                                     f"{latest[0]} does not match the batch stored there; "
                                     "refusing to use it")
+            expected_seq, chain = latest[0] + 1, latest[1]
         for seq, stored, encoded in self.db.execute(
                 "SELECT seq, chain, encoded FROM batches WHERE seq >= ? ORDER BY seq",
                 (expected_seq,)):
@@ -518,11 +518,9 @@ class SqliteLedger:
     def _latest_snapshot(self) -> tuple[int, bytes, bytes] | None:
         """``(seq, chain, state)`` of the latest snapshot whose checksum holds (a damaged
         one is passed over: the batches before it are all still stored)."""
-        for seq, chain, state, checksum in self.db.execute(
-                "SELECT seq, chain, state, checksum FROM snapshots ORDER BY seq DESC"):
-            chain, state = bytes(chain), bytes(state)
-            if _snapshot_checksum(seq, chain, state) == bytes(checksum):
-                return seq, chain, state
+        for seq, intact in sorted(self.snapshots().items(), reverse=True):
+            if intact is not None:
+                return seq, *intact
             log.warning("ledger %s: the state snapshot at batch %d fails its checksum; "
                         "passing it over", self.path, seq)
         return None
