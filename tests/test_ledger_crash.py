@@ -145,7 +145,7 @@ async def test_kill_9_under_load_then_restart(tmp_path):
         assert report.ok, report.problems
         assert report.batches == top
         for cert in received:
-            stored = lg.certificate(key.public_key, cert.entry.request_id)
+            stored = lg.certificate(key.public_key, cert.entry.request_id, manifest)
             assert stored is not None, (lg.path, cert.entry.request_id)
             assert stored.entry == cert.entry and stored.seq == cert.seq
         lg.db.close()

@@ -105,22 +105,56 @@ def test_simulated_crashes_with_sqlite_ledgers(tmp_path, seed):
             certificate.verify(cert, world.manifest)
 
 
-def test_certificates_are_stored_together_and_a_requests_first_one_stays(tmp_path):
-    world, _ = _sqlite_world(tmp_path, 6)
+def test_a_certificate_is_rebuilt_from_its_batch_and_a_requests_first_answer_stays(tmp_path):
+    world, paths = _sqlite_world(tmp_path, 6)
     for _ in range(5):
         world.at(0.1, lambda: world.submit(0))
     world.run_until(10.0, stop=world.all_certified)
     certs = list(world.clients[0].certified.values())
     assert len(certs) == 5
-    ledger = SqliteLedger(tmp_path / "store.db", group_id=world.manifest.group_id, node=0)
-    ledger.save_certificates(certs)
-    ledger.save_certificates([])
-    other = dataclasses.replace(certs[0], view=certs[0].view + 7)
-    ledger.save_certificates([other])
-    assert ledger.certificate_count() == 5
+    world.run_until(world.now + 2.0)
+    ledger = world.nodes[0].ledger
+    ledger.save_answers(certs)
+    ledger.save_answers([])
     first = certs[0].entry
-    assert ledger.certificate(first.client, first.request_id) == certs[0]
-    assert sorted(c.encoded for c in ledger.certificates()) == sorted(c.encoded for c in certs)
+    assert ledger.answer(first.client, first.request_id) == (certs[0].seq, certs[0].leaf_index)
+    later = dataclasses.replace(certs[0], seq=certs[0].seq + 7)
+    ledger.save_answers([later])
+    ledger.sync()
+    assert ledger.answer_count() == 5
+    assert ledger.answer(first.client, first.request_id) == (certs[0].seq, certs[0].leaf_index)
+    assert sorted(rid for _, rid, _, _ in ledger.answers()) == sorted(
+        c.entry.request_id for c in certs)
+    for cert in certs:
+        rebuilt = ledger.certificate(cert.entry.client, cert.entry.request_id, world.manifest)
+        assert rebuilt is not None
+        certificate.verify(rebuilt, world.manifest)
+        # The same entry at the same place under the same root; the 2f+1 COMMITs are the
+        # ones this node stored, which may be another quorum than the replying node's.
+        assert (rebuilt.entry, rebuilt.seq, rebuilt.leaf_index, rebuilt.root, rebuilt.proof) \
+            == (cert.entry, cert.seq, cert.leaf_index, cert.root, cert.proof)
+    assert ledger.certificate(first.client, 10**9, world.manifest) is None
+
+
+def test_an_answer_that_points_at_another_entry_is_refused_and_audit_names_it(tmp_path):
+    world, paths = _sqlite_world(tmp_path, 6)
+    for _ in range(3):
+        world.at(0.1, lambda: world.submit(0))
+    world.run_until(10.0, stop=world.all_certified)
+    world.run_until(world.now + 2.0)
+    certs = sorted(world.clients[0].certified.values(), key=lambda c: c.entry.request_id)
+    ledger = world.nodes[0].ledger
+    ledger.save_answers(certs)
+    ledger.sync()
+    assert audit(ledger, world.manifest).ok
+    wrong = next(c for c in certs if (c.seq, c.leaf_index) != (certs[0].seq, certs[0].leaf_index))
+    ledger.db.execute("UPDATE answers SET seq = ?, leaf_index = ? WHERE request_id = ?",
+                      (wrong.seq, wrong.leaf_index, certs[0].entry.request_id))
+    entry = certs[0].entry
+    assert ledger.certificate(entry.client, entry.request_id, world.manifest) is None
+    report = audit(ledger, world.manifest)
+    assert any(f"answer of request {entry.request_id}" in p and "does not certify it" in p
+               for p in report.problems), report.problems
 
 
 def test_reopen_restores_view_signed_prepared_and_chain(tmp_path):
@@ -402,19 +436,60 @@ def test_audit_checks_the_chain_values_and_each_snapshot_against_the_replay(tmp_
     assert any("batch 1: the hash chain breaks" in p for p in report.problems)
 
 
-def test_a_version_1_ledger_gains_the_snapshots_table_at_open(tmp_path):
+_VERSION_2_CERTIFICATES = """
+CREATE TABLE certificates (
+    client BLOB NOT NULL, request_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+    leaf_index INTEGER NOT NULL, request BLOB NOT NULL, label INTEGER NOT NULL,
+    reached INTEGER NOT NULL, encoded BLOB NOT NULL, PRIMARY KEY (client, request_id));
+CREATE INDEX certificates_seq ON certificates (seq);
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_ledger_is_upgraded_at_open_and_keeps_its_answers(tmp_path, version):
+    """Version 1 lacked the snapshots table; versions 1 and 2 stored whole certificates,
+    whose places in the log move to ``answers`` (the certificates are rebuilt from them)."""
     from dropbear.ledger import SCHEMA_VERSION
 
-    world, path = _filled(tmp_path)
-    db = sqlite3.connect(path)
-    db.execute("DROP TABLE snapshots")
-    db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    world, paths = _sqlite_world(tmp_path, 6)
+    for _ in range(3):
+        world.at(0.1, lambda: world.submit(0))
+    world.run_until(10.0, stop=world.all_certified)
+    world.run_until(world.now + 2.0)
+    certs = list(world.clients[0].certified.values())
+    world.nodes[0].ledger.close()
+    db = sqlite3.connect(paths[0])
+    db.execute("DROP TABLE answers")
+    db.executescript(_VERSION_2_CERTIFICATES)
+    db.executemany("INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index, c.entry.request,
+                     c.entry.label, int(c.entry.reached), c.encoded) for c in certs])
+    if version == 1:
+        db.execute("DROP TABLE snapshots")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     db.commit()
     db.close()
-    ledger = SqliteLedger(path)
-    assert ledger.meta()["schema_version"] == SCHEMA_VERSION == 2
-    assert ledger.snapshot() is None
+    ledger = SqliteLedger(paths[0])
+    assert ledger.meta()["schema_version"] == SCHEMA_VERSION == 3
+    tables = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master")}
+    assert "certificates" not in tables and {"answers", "snapshots"} <= tables
+    assert ledger.answer_count() == len(certs) == 3
+    for cert in certs:
+        rebuilt = ledger.certificate(cert.entry.client, cert.entry.request_id, world.manifest)
+        assert rebuilt is not None and rebuilt.entry == cert.entry
+    assert audit(ledger, world.manifest).ok
     assert _restart(world, ledger).executed == ledger.last_seq()
+
+
+def test_a_newer_ledger_is_refused(tmp_path):
+    world, path = _filled(tmp_path)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerCorrupt, match="schema version 4; this dropbear reads version 3 "
+                       r"\(and upgrades 1, 2\)"):
+        SqliteLedger(path)
 
 
 # --- full disk, read-only directory ---------------------------------------------------------

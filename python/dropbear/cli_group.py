@@ -573,7 +573,8 @@ def audit_command(args: argparse.Namespace) -> int:
         ledger.db.close()
     print(f"ledger {path}: {report.batches} committed batches (hash chain "
           f"{ledger.chain_head().hex()[:16]}), {report.entries} certified entries, "
-          f"{report.certificates} certificates, {report.checkpoints} stable checkpoints, "
+          f"{report.answers} answers (certificates to rebuild), "
+          f"{report.checkpoints} stable checkpoints, "
           f"{report.model_updates} model updates")
     for problem in report.problems or ():
         print(f"PROBLEM: {problem}")

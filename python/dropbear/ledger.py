@@ -2,12 +2,14 @@
 
 :class:`SqliteLedger` implements the replica's :class:`~dropbear.consensus.Ledger` seam
 (committed batches, the node's own signed statements, prepared proofs, view, stable
-checkpoints) and what the node adds from the replica's actions (certificates by client and
-request id, the model-version history, evidence).
+checkpoints) and what the node adds from the replica's actions (where each certified request
+sits in the log, by client and request id; the model-version history; evidence). A past
+certificate is rebuilt from its committed batch when asked for (:meth:`SqliteLedger.certificate`),
+not stored: the batch holds everything it is made of.
 
 Durability: with ``synchronous="FULL"`` (the default) a commit fsyncs the WAL unless all it
 wrote is signed PRE-PREPAREs and PREPAREs (:data:`DEFERRED_SYNC_KINDS`) or what executing a
-batch writes (the committed batch, its certificates and model versions). Those are written at
+batch writes (the committed batch, its answers and model versions). Those are written at
 once (so they survive the node's process crashing: the OS has them) and fsynced with the next
 commit that fsyncs: a prepared proof before its COMMIT, a view, a checkpoint. Only a crash of
 the machine can lose them. A lost executed batch comes back from the prepared proofs that
@@ -57,8 +59,11 @@ from dropbear.wire import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-"""Version 2 added the ``snapshots`` table; a version-1 ledger gains it at open."""
+SCHEMA_VERSION = 3
+"""Version 2 added the ``snapshots`` table; version 3 replaced the stored certificates by
+the ``answers`` index (a certificate is rebuilt from its batch). Older ledgers are upgraded
+at open, one way."""
+UPGRADABLE_VERSIONS = (1, 2)
 KEPT_SNAPSHOTS = 2
 """State snapshots a ledger keeps (the latest and the one before it)."""
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -77,18 +82,13 @@ CREATE TABLE IF NOT EXISTS batches (
     chain BLOB NOT NULL,
     encoded BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS certificates (
+CREATE TABLE IF NOT EXISTS answers (
     client BLOB NOT NULL,
     request_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     leaf_index INTEGER NOT NULL,
-    request BLOB NOT NULL,
-    label INTEGER NOT NULL,
-    reached INTEGER NOT NULL,
-    encoded BLOB NOT NULL,
     PRIMARY KEY (client, request_id)
-);
-CREATE INDEX IF NOT EXISTS certificates_seq ON certificates (seq);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS model_versions (
     seq INTEGER NOT NULL,
     node INTEGER NOT NULL,
@@ -275,24 +275,37 @@ class SqliteLedger:
             db.execute("COMMIT")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         version = meta.get("schema_version")
-        if version not in (1, SCHEMA_VERSION):
+        if version not in (*UPGRADABLE_VERSIONS, SCHEMA_VERSION):
             raise LedgerCorrupt(f"ledger {self.path} has schema version {version!r}; this "
-                                f"dropbear reads version {SCHEMA_VERSION} (and upgrades 1)")
+                                f"dropbear reads version {SCHEMA_VERSION} (and upgrades "
+                                f"{', '.join(map(str, UPGRADABLE_VERSIONS))})")
         if group_id is not None and meta.get("group_id", group_id) != group_id:
             raise LedgerError(f"ledger {self.path} belongs to group "
                               f"{bytes(meta['group_id']).hex()[:16]}, not {group_id.hex()[:16]}")
         if node is not None and meta.get("node", node) != node:
             raise LedgerError(f"ledger {self.path} belongs to node {meta['node']}, not {node}")
-        if version == 1:  # version 2 only adds the snapshots table (one way: 1 cannot read 2)
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _statements(SCHEMA):
-                db.execute(statement)
-            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                       (SCHEMA_VERSION,))
-            db.execute("COMMIT")
+        if version in UPGRADABLE_VERSIONS:
+            self._upgrade()
         self._last, self._chain = self._check_chain() if check else self._tail()
         if self.deferred_sync:
             self._mark_open(meta)
+
+    def _upgrade(self) -> None:
+        """Brings a version 1 or 2 ledger to the current schema in one transaction: the
+        tables it lacks (``snapshots``, ``answers``), and each stored certificate's place in
+        the log copied into ``answers`` before the ``certificates`` table is dropped. One
+        way: an older dropbear refuses the file afterwards."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _statements(SCHEMA):
+            db.execute(statement)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                      "name = 'certificates'").fetchone():
+            db.execute("INSERT OR IGNORE INTO answers SELECT client, request_id, seq, "
+                       "leaf_index FROM certificates")
+            db.execute("DROP TABLE certificates")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
 
     def _mark_open(self, meta: dict) -> None:
         """Reads whether deferred statements may have been lost (another boot, no clean
@@ -551,16 +564,15 @@ class SqliteLedger:
                 db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
                            (deliver.seq, u.node, u.counter, u.model_version))
 
-    def save_certificates(self, certs: Sequence[Certificate]) -> None:
-        """Stores certificates (one statement for all of them); a request's first stays."""
+    def save_answers(self, certs: Sequence[Certificate]) -> None:
+        """Records where each certified request sits in the log, ``(client, request id) ->
+        (seq, leaf index)``, for :meth:`certificate` (one statement for all of them); a
+        request's first stays. The certificates themselves are not stored: their batch is."""
         if not certs:
             return
-        Certificate.encode_all(certs)
-        rows = [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index, c.entry.request,
-                 c.entry.label, int(c.entry.reached), c.encoded) for c in certs]
-        with self._write(f"{len(rows)} certificates", sync=False) as db:
-            db.executemany("INSERT OR IGNORE INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           rows)
+        rows = [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index) for c in certs]
+        with self._write(f"{len(rows)} answers", sync=False) as db:
+            db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
 
     def save_evidence(self, evidence: Evidence) -> None:
         with self._write("evidence") as db:
@@ -569,18 +581,48 @@ class SqliteLedger:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def certificate(self, client: bytes, request_id: int) -> Certificate | None:
-        row = self.db.execute("SELECT encoded FROM certificates WHERE client = ? AND "
+    def answer(self, client: bytes, request_id: int) -> tuple[int, int] | None:
+        """``(seq, leaf index)`` of a certified request, or None."""
+        row = self.db.execute("SELECT seq, leaf_index FROM answers WHERE client = ? AND "
                               "request_id = ?", (client, request_id)).fetchone()
-        return None if row is None else Certificate.decode(bytes(row[0]))
+        return None if row is None else (row[0], row[1])
 
-    def certificates(self) -> Iterator[Certificate]:
-        for (encoded,) in self.db.execute("SELECT encoded FROM certificates ORDER BY seq, "
-                                          "leaf_index"):
-            yield Certificate.decode(bytes(encoded))
+    def answers(self) -> Iterator[tuple[bytes, int, int, int]]:
+        """``(client, request id, seq, leaf index)`` of every certified request, in log
+        order."""
+        for client, request_id, seq, leaf_index in self.db.execute(
+                "SELECT client, request_id, seq, leaf_index FROM answers "
+                "ORDER BY seq, leaf_index"):
+            yield bytes(client), request_id, seq, leaf_index
 
-    def certificate_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM certificates").fetchone()[0])
+    def answer_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM answers").fetchone()[0])
+
+    def certificate(self, client: bytes, request_id: int,
+                    manifest: Manifest) -> Certificate | None:
+        """The certificate of a certified request, rebuilt from its committed batch (read
+        against the hash chain, its COMMITs checked, its entries derived again): the one
+        the node sent, up to which 2f+1 COMMITs it carries. None if the request is not in
+        the log, or if its batch fails a check (logged; ``dropbear audit`` names it)."""
+        from dropbear.certificate import build_many
+        from dropbear.consensus.proofs import valid_committed
+
+        where = self.answer(client, request_id)
+        if where is None:
+            return None
+        seq, leaf_index = where
+        batches = self.committed(seq, seq + 1)
+        derived = valid_committed(manifest, batches[0]) if batches else None
+        entry = (derived.entries[leaf_index]
+                 if derived is not None and 0 <= leaf_index < len(derived.entries) else None)
+        if entry is None or (entry.client, entry.request_id) != (client, request_id):
+            log.error("ledger %s: request %d of client %s is recorded at batch %d leaf %d, "
+                      "which does not hold it (run dropbear audit)", self.path, request_id,
+                      client.hex()[:12], seq, leaf_index)
+            return None
+        cb = batches[0]
+        return build_many(manifest.group_id, cb.view, cb.seq, derived.leaves,
+                          [(leaf_index, entry)], cb.commits)[0]
 
     def stored_batches(self) -> Iterator[StoredBatch]:
         for seq, view, chain, encoded in self.db.execute(
@@ -643,7 +685,7 @@ class AuditReport:
 
     batches: int = 0
     entries: int = 0
-    certificates: int = 0
+    answers: int = 0
     checkpoints: int = 0
     model_updates: int = 0
     problems: list[str] | None = None
@@ -658,11 +700,10 @@ class AuditReport:
 def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
     """Checks a ledger end to end against ``manifest``: every committed batch's 2f+1 COMMIT
     signatures and derived root, the sequence (re-executed from genesis), the hash chain
-    (checked at open), each stored certificate (verified, and equal to the entry and root of
-    its batch), each stable checkpoint (signatures, and the state digest re-computed), the
-    model-version history; and lists the evidence of misbehaving nodes."""
-    from dropbear.certificate import CertificateError
-    from dropbear.certificate import verify as verify_certificate
+    (checked at open), each recorded answer (its batch and leaf certify that client's
+    request, so the certificate rebuilt from them is the one sent), each stable checkpoint
+    (signatures, and the state digest re-computed), the model-version history; and lists
+    the evidence of misbehaving nodes."""
     from dropbear.consensus import proofs
     from dropbear.consensus.state import GroupState
     from dropbear.evidence import EvidenceError
@@ -671,7 +712,8 @@ def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
     problems = report.problems
     assert problems is not None and report.evidence is not None
     state = GroupState.genesis(manifest)
-    roots: dict[int, tuple[bytes, list[bytes]]] = {}
+    certified: dict[tuple[bytes, int], tuple[int, int]] = {}
+    """(client, request id) -> (seq, leaf index) of each entry the re-execution certifies."""
     digests: dict[int, bytes] = {}
     updates: list[tuple[int, int, int, bytes]] = []
     expected, chain = 1, GENESIS_CHAIN
@@ -700,10 +742,12 @@ def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
                             "of this group")
             break
         valid_entries, valid_updates = state.apply(derived, cb.seq, derived.root)
+        for i in valid_entries:
+            entry = derived.entries[i]
+            certified.setdefault((entry.client, entry.request_id), (cb.seq, i))
         for i in valid_updates:
             u = derived.updates[i]
             updates.append((cb.seq, u.node, u.counter, u.model_version))
-        roots[cb.seq] = (derived.root, derived.leaves)
         digests[cb.seq] = state.digest
         snapshot = snapshots.pop(cb.seq, None)
         if snapshot is not None and snapshot != (chain, state.encode(manifest.group_id)):
@@ -714,19 +758,12 @@ def audit(ledger: SqliteLedger, manifest: Manifest) -> AuditReport:
     for seq in sorted(snapshots):
         problems.append(f"state snapshot {seq}: its checksum fails or its batch was not "
                         "re-executed")
-    for cert in ledger.certificates():
-        report.certificates += 1
-        what = f"certificate of request {cert.entry.request_id} (seq {cert.seq})"
-        try:
-            verify_certificate(cert, manifest)
-        except CertificateError as error:
-            problems.append(f"{what}: does not verify: {error}")
-            continue
-        known = roots.get(cert.seq)
-        if known is None:
-            problems.append(f"{what}: no such committed batch in the ledger")
-        elif known[0] != cert.root or known[1][cert.leaf_index] != cert.entry.encoded:
-            problems.append(f"{what}: differs from the committed batch's entry or root")
+    for client, request_id, seq, leaf_index in ledger.answers():
+        report.answers += 1
+        if certified.get((client, request_id)) != (seq, leaf_index):
+            problems.append(f"answer of request {request_id} of client {client.hex()[:12]}: "
+                            f"recorded at batch {seq} leaf {leaf_index}, which does not "
+                            "certify it")
     for seq, proof in ledger.checkpoints():
         report.checkpoints += 1
         checks = proofs.checkpoint_checks(manifest, seq, proof)  # type: ignore[arg-type]

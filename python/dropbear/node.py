@@ -500,12 +500,12 @@ class Node:
                 self.replies_sent += len(certs)
 
     def _record(self, actions: Sequence[Action]) -> None:
-        """Adds the certificates, deliveries and evidence among ``actions`` to the open
-        group-commit transaction, beside what the replica wrote (batches, signed statements,
-        view, prepared proofs). A failed write raises LedgerError: the node stops without
-        sending anything that depends on it."""
+        """Adds the answers (where each certified request sits), deliveries and evidence
+        among ``actions`` to the open group-commit transaction, beside what the replica
+        wrote (batches, signed statements, view, prepared proofs). A failed write raises
+        LedgerError: the node stops without sending anything that depends on it."""
         ledger = self._durable
-        ledger.save_certificates([a.certificate for a in actions if isinstance(a, Reply)])
+        ledger.save_answers([a.certificate for a in actions if isinstance(a, Reply)])
         for action in actions:
             match action:
                 case Deliver():
@@ -656,7 +656,7 @@ class Node:
                              "in 0..2^63-1"}
         cert = None
         if self._durable is not None:
-            cert = self._durable.certificate(client, request_id)
+            cert = self._durable.certificate(client, request_id, self.manifest)
         if cert is None:
             cert = self.replica.cached_certificate(client, request_id)
         return {"node": self.node_id,
