@@ -137,6 +137,46 @@ def test_derive_takes_each_nodes_vote_once_and_refuses_two_different_ones():
             derive(Batch((heads[0],), (*agreeing, changed)), M)
 
 
+_HEADS = [Request.create(CLIENTS[i % 2], M.group_id, 7 + i, "uint8", (1,), b"\x00").header
+          for i in range(6)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3),
+                                   st.sampled_from([0.0, 0.25, -1.5, 1e300])),
+                         max_size=8), min_size=4, max_size=4),
+       st.lists(st.integers(0, 5), min_size=1, max_size=6, unique=True),
+       st.permutations(range(4)))
+def test_derive_gives_the_reference_entries(per_node, ordered, node_order):
+    """The batch derivation builds and encodes entries in line (it runs for every batch on
+    every node); it must give exactly the entries of agreement.make_entry and their
+    canonical encodings, or refuse the batches make_entry's rules refuse."""
+    from dropbear.consensus.state import BatchError, derive
+    from dropbear.wire import Batch, RequestEntry, Vote, Votes
+
+    messages, casts = [], {}
+    for node in node_order:  # VOTES in any order of nodes
+        first = {}
+        for request, label, score in per_node[node]:
+            first.setdefault(request, (label, score))  # one vote per node and request
+        if first:
+            messages.append(Votes(M.group_id, node, M.nodes[node].model_version, tuple(
+                Vote(_HEADS[r].digest, label, score) for r, (label, score) in first.items())))
+        for r, (label, score) in first.items():
+            casts.setdefault(r, []).append(EntryVote(node, M.nodes[node].model_version, label,
+                                                     score))
+    batch = Batch(tuple(_HEADS[r] for r in ordered), tuple(messages))
+    if any(len(casts.get(r, ())) < M.quorum for r in ordered):
+        with pytest.raises(BatchError, match="votes"):
+            derive(batch, M)
+        return
+    derived = derive(batch, M)
+    expected = [make_entry(_HEADS[r], casts[r], M.threshold) for r in ordered]
+    assert list(derived.entries) == expected
+    assert derived.leaves == [e.encoded for e in expected]
+    assert [RequestEntry.decode(leaf) for leaf in derived.leaves] == expected
+
+
 # --- the state snapshot's encoding (a node's restart point, docs/ledger.md) -----------------
 
 CLIENT_KEYS = [key(f"snapshot/client/{i}") for i in range(5)]

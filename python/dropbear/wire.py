@@ -1112,6 +1112,18 @@ _ENTRY_VOTE = struct.Struct(">H32sId")
 """Node, model version, label, score."""
 _ENTRY_TAIL = struct.Struct(">IHB")
 """Agreed label, threshold, reached."""
+_ENTRY_WHOLE: dict[int, struct.Struct] = {}
+"""The whole entry encoding by vote count (head, votes, tail in one pack); filled on use."""
+
+
+def _entry_struct(votes: int) -> struct.Struct:
+    whole = _ENTRY_WHOLE.get(votes)
+    if whole is None:
+        if not 0 <= votes <= MAX_NODES:
+            raise WireError(f"{votes} votes in an entry")
+        whole = _ENTRY_WHOLE[votes] = struct.Struct(
+            _ENTRY_HEAD.format + _ENTRY_VOTE.format[1:] * votes + _ENTRY_TAIL.format[1:])
+    return whole
 
 
 @dataclass(frozen=True)
@@ -1136,18 +1148,39 @@ class RequestEntry:
         _check_vote_order(self.votes)
         if len(self.votes) > MAX_NODES:
             raise WireError(f"{len(self.votes)} votes in an entry")
-        w = Writer()
-        w.record(_ENTRY_HEAD, "entry", VERSION, Kind.REQUEST_ENTRY,
-                 _sized(self.request, DIGEST_BYTES, "request digest"),
-                 _sized(self.client, KEY_BYTES, "client key"), self.request_id, len(self.votes))
+        fields: list[Any] = []
         for v in self.votes:
             if v.node >= MAX_NODES:
                 raise WireError(f"vote node {v.node} exceeds the limit {MAX_NODES - 1}")
-            w.record(_ENTRY_VOTE, "entry vote", v.node,
-                     _sized(v.model_version, DIGEST_BYTES, "model version"), v.label,
-                     _finite(v.score))
-        w.record(_ENTRY_TAIL, "entry", self.label, self.threshold, 1 if self.reached else 0)
-        return w.getvalue()
+            fields += (v.node, _sized(v.model_version, DIGEST_BYTES, "model version"), v.label,
+                       _finite(v.score))
+        return self.pack(_sized(self.request, DIGEST_BYTES, "request digest"),
+                         _sized(self.client, KEY_BYTES, "client key"), self.request_id,
+                         len(self.votes), fields, self.label, self.threshold, self.reached)
+
+    @staticmethod
+    def pack(request: bytes, client: bytes, request_id: int, count: int, votes: Sequence[Any],
+             label: int, threshold: int, reached: bool) -> bytes:
+        """The encoding of an entry of ``count`` votes, ``votes`` flat (node, model version,
+        label, score for each, nodes increasing). Unchecked but for the integer ranges: the
+        caller passes fields of the right sizes (a struct pads short byte strings)."""
+        try:
+            return _entry_struct(count).pack(VERSION, Kind.REQUEST_ENTRY, request, client,
+                                             request_id, count, *votes, label, threshold,
+                                             1 if reached else 0)
+        except struct.error as error:
+            raise WireError(f"entry does not fit its fields: {error}") from None
+
+    @classmethod
+    def of(cls, request: bytes, client: bytes, request_id: int, votes: tuple[EntryVote, ...],
+           label: int, threshold: int, reached: bool, encoded: bytes) -> RequestEntry:
+        """An entry whose canonical ``encoded`` the caller made with :meth:`pack` from these
+        same fields (the replica's batch derivation), without the checks of ``__init__``."""
+        entry = object.__new__(cls)
+        entry.__dict__.update(request=request, client=client, request_id=request_id,
+                              votes=votes, label=label, threshold=threshold, reached=reached,
+                              encoded=encoded)
+        return entry
 
     @classmethod
     def decode(cls, data: bytes) -> RequestEntry:

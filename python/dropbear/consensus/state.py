@@ -13,7 +13,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from dropbear import _core
-from dropbear.agreement import make_entry
 from dropbear.cached import cached_property
 from dropbear.limits import MAX_CLIENTS, MAX_INFLIGHT_PER_CLIENT
 from dropbear.manifest import Manifest
@@ -65,7 +64,9 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
 
     Stateless rules: one group; distinct requests; at most one vote per node and request
     (identical repeats collapse); at least 2f+1 votes per request. Signatures are checked by
-    the caller.
+    the caller. The agreed label is :func:`~dropbear.agreement.make_entry`'s (plurality,
+    ties to the lowest label), computed here in line with each entry's encoding: this runs
+    for every batch on every node.
     """
     gid = manifest.group_id
     # node -> (model version, label, score) per request; EntryVotes are made only for the
@@ -76,28 +77,51 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
         if message.group_id != gid or node >= manifest.n:
             raise BatchError(f"VOTES of node {node} is not of this group")
         for vote in message.votes:
-            votes = by_request.setdefault(vote.request, {})
             cast = (version, vote.label, vote.score)
+            votes = by_request.get(vote.request)
+            if votes is None:
+                by_request[vote.request] = {node: cast}
+                continue
             known = votes.setdefault(node, cast)
             if known is not cast and known != cast:
                 raise BatchError(f"node {node} gives two votes for {vote.request.hex()}")
+    quorum, threshold = manifest.quorum, manifest.threshold
+    pack, make = RequestEntry.pack, RequestEntry.of
     seen: set[bytes] = set()
     entries = []
     for header in batch.requests:
+        digest = header.digest
         if header.group_id != gid:
-            raise BatchError(f"request {header.digest.hex()} is of another group")
-        if header.digest in seen:
-            raise BatchError(f"request {header.digest.hex()} ordered twice in one batch")
-        seen.add(header.digest)
-        votes = by_request.get(header.digest, {})
-        if len(votes) < manifest.quorum:
-            raise BatchError(f"request {header.digest.hex()} has {len(votes)} votes")
-        cast_votes = [EntryVote(node, *cast) for node, cast in votes.items()]
-        entries.append(make_entry(header, cast_votes, manifest.threshold))
+            raise BatchError(f"request {digest.hex()} is of another group")
+        if digest in seen:
+            raise BatchError(f"request {digest.hex()} ordered twice in one batch")
+        seen.add(digest)
+        votes = by_request.get(digest, {})
+        if len(votes) < quorum:
+            raise BatchError(f"request {digest.hex()} has {len(votes)} votes")
+        nodes = sorted(votes)
+        flat: list = []
+        counts: dict[int, int] = {}
+        for node in nodes:
+            cast = votes[node]
+            flat.append(node)
+            flat += cast
+            counts[cast[1]] = counts.get(cast[1], 0) + 1
+        label, count = min(counts.items(), key=_most_then_lowest)
+        reached = count >= threshold
+        client, request_id = header.client, header.request_id
+        entries.append(make(
+            digest, client, request_id, tuple(EntryVote(node, *votes[node]) for node in nodes),
+            label, threshold, reached,
+            pack(digest, client, request_id, len(nodes), flat, label, threshold, reached)))
     for update in batch.updates:
         if update.group_id != gid or update.node >= manifest.n:
             raise BatchError(f"update of node {update.node} is not of this group")
     return Derived(tuple(entries), batch.requests, batch.updates)
+
+
+def _most_then_lowest(item: tuple[int, int]) -> tuple[int, int]:
+    return -item[1], item[0]
 
 
 @dataclass
