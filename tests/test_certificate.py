@@ -82,7 +82,7 @@ def altered(cert):
         dataclasses.replace(
             cert,
             entry=dataclasses.replace(
-                e, votes=(e.votes[0], dataclasses.replace(v, score=0.3)) + e.votes[2:]
+                e, votes=(e.votes[0], v._replace(score=0.3)) + e.votes[2:]
             ),
         ),
     )

@@ -184,6 +184,8 @@ def rebuilt(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return type(value)(**{f.name: rebuilt(getattr(value, f.name))
                               for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # Vote, EntryVote
+        return type(value)(*(rebuilt(v) for v in value))
     if isinstance(value, tuple):
         return tuple(rebuilt(v) for v in value)
     return value
