@@ -4,7 +4,7 @@ SHELL := /bin/bash
 # (venv and ensurepip), trying the system's own build first. Distribution builds are
 # compiled with profile-guided and link-time optimisation; a source build without
 # --enable-optimizations (pyenv's default) costs a group 6-11% more CPU per request
-# (benches/README.md, "Fourteenth round"). `make PYTHON=/path/to/python3.11` (or PYTHON in
+# (benches/HISTORY.md, "Fourteenth round"). `make PYTHON=/path/to/python3.11` (or PYTHON in
 # the environment) overrides the choice.
 PYTHON_CANDIDATES := /usr/bin/python3.11 python3.11 python3
 PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell \

@@ -147,7 +147,7 @@ def test_three_sites(benchmark, role, targets, inputs, side):
     throughput at outstanding / latency, and the sites' round trips add latency. With 512
     outstanding the sites group answered in about 0.2 s, so its window capped it near
     2,500 req/s while loopback was CPU-bound; that measured the load generator's window, not
-    whether the pipeline hides the distance (benches/README.md, fourteenth round).
+    whether the pipeline hides the distance (benches/HISTORY.md, "Fourteenth round").
     """
     benchmark.group = "three sites (null model, n=4, 20 ms between sites)"
     key = "group:n=4,null=1,clients=16" + ("" if side == "baseline" else ",delay=0.02")

@@ -138,7 +138,7 @@ VOTE_WAIT = 0.02
 EAGER_DEPTH = 1
 """Batches in flight below which the primary proposes whatever is ready at once (1: a
 batch goes at once while nothing is in flight; 1 and 32 beat 2 and 16 in interleaved A/B
-runs at saturation, at 200 req/s and over three sites, see benches/README.md)."""
+runs at saturation, at 200 req/s and over three sites, see benches/HISTORY.md)."""
 BATCH_FILL = 32
 """Past EAGER_DEPTH batches in flight, a batch of fewer requests (BATCH_FILL more for each
 further batch in flight, up to MAX_BATCH_ENTRIES) waits for more..."""
@@ -151,7 +151,7 @@ flight and its own are fewer than this: at low load waiting gathers next to noth
 over three sites a batch paced by its predecessor's prepare phase makes every request wait
 a one-way delay more. One BATCH_FILL (32) was too many: digits at 200 req/s on loopback,
 at the edge of this machine's CPU, got p50 84 -> 106 ms from the extra batches; with 8,
-p50 0.92x (see benches/README.md, tenth round)."""
+p50 0.92x (see benches/HISTORY.md, "Tenth round")."""
 REQUEST_TIMEOUT = 1.0
 """Seconds a backup waits for an orderable request to commit before it suspects the primary."""
 VIEW_CHANGE_TIMEOUT = 1.0
