@@ -1,6 +1,7 @@
 """Wire: canonical round trips; random and mutated bytes raise WireError only."""
 
 import dataclasses
+import re
 import struct
 
 import pytest
@@ -210,6 +211,65 @@ def test_request_round_trip(request_id, dtype, shape):
         size *= dim
     request = Request.create(K[0], GID, request_id, dtype, shape, bytes(size))
     assert wire.decode(request.encoded) == request
+
+
+def general_decode(cls, data):
+    """``cls``'s message in ``data`` by the general reader alone (no fixed-offset path)."""
+    return super(cls, cls).decode(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(sorted(wire.DTYPES)),
+    st.lists(st.integers(0, 3), max_size=4),
+    # Flips land in the header (76 bytes, then dtype, rank, shape) and are often small
+    # values: lengths and ranks just past their limits.
+    st.lists(st.tuples(st.integers(0, 120), st.one_of(st.integers(0, 12), st.integers(0, 255))),
+             max_size=3),
+    st.integers(0, 12),
+)
+def test_request_fast_reader_agrees_with_the_general_reader(dtype, shape, flips, cut):
+    size = wire.DTYPES[dtype]
+    for dim in shape:
+        size *= dim
+    request = Request.create(K[0], GID, 5, dtype, shape, bytes(size))
+    assert wire._parse_header(request.encoded) is not None  # the fast path is the one taken
+    data = bytearray(request.encoded)
+    for position, value in flips:  # the header's fields: lengths, dtype, rank, shape
+        data[position % len(data)] = value
+    data = bytes(data[: len(data) - cut]) if cut > 8 else bytes(data)
+    try:
+        header_end = wire.RequestHeader.size_at(wire.Reader(data))
+    except WireError:
+        header_end = len(data)
+    for cls, part in ((Request, data), (wire.RequestHeader, data[:header_end])):
+        try:
+            expected = general_decode(cls, part)
+        except WireError as error:
+            with pytest.raises(WireError, match=re.escape(str(error))):
+                cls.decode(part)
+            continue
+        got = cls.decode(part)
+        assert got == expected and got.body == expected.body and got.digest == expected.digest
+        assert got.encoded == part
+
+
+@pytest.mark.parametrize("rank", [0, 2, wire.MAX_INPUT_RANK, wire.MAX_INPUT_RANK + 1, 255])
+@pytest.mark.parametrize("dtype_length", [0, 4, 7, 300])
+def test_request_readers_agree_at_the_header_limits(rank, dtype_length):
+    request = Request.create(K[0], GID, 5, "float64", (4, 4, 4), bytes(512))
+    data = bytearray(request.encoded)
+    rank_at = 76 + len("float64")
+    data[rank_at] = rank
+    data[74:76] = dtype_length.to_bytes(2, "big")
+    for cls in (Request, wire.RequestHeader):
+        try:
+            expected = general_decode(cls, bytes(data))
+        except WireError as error:
+            with pytest.raises(WireError, match=re.escape(str(error))):
+                cls.decode(bytes(data))
+            continue
+        assert cls.decode(bytes(data)) == expected
 
 
 @given(

@@ -399,13 +399,20 @@ class DecodeMemo:
         self.hits = 0
 
     def decode(self, cls: type[M], data: bytes) -> M:
-        hit = self._items.get(data)
-        if hit is not None and type(hit) is cls:
-            self.hits += 1
+        hit = self.get(cls, data)
+        if hit is not None:
             return hit
         message = cls.decode(data)
         self.put(data, message)
         return message
+
+    def get(self, cls: type[M], data: bytes) -> M | None:
+        """The ``cls`` message decoded from exactly ``data`` before, if it is still held."""
+        hit = self._items.get(data)
+        if hit is not None and type(hit) is cls:
+            self.hits += 1
+            return hit  # type: ignore[return-value]
+        return None
 
     def put(self, data: bytes, message: Message) -> None:
         cost = _memo_cost(data)
@@ -472,15 +479,26 @@ class RequestHeader(Message):
         node applies to client signatures (ZIP-215: :func:`_core.verify_requests`)."""
         return not _core.verify_requests([(self.body, self.signature, public_key)])
 
-    def _write_body(self, w: Writer) -> None:
-        header(w, Kind.REQUEST, self.group_id)
-        w.fixed(self.client, KEY_BYTES, "client key")
-        w.u64(self.request_id)
-        w.text(self.dtype)
-        w.u8(len(self.shape))
-        for dim in self.shape:
-            w.u32(dim)
-        w.fixed(self.input_digest, DIGEST_BYTES, "input digest")
+    @cached_property
+    def body(self) -> bytes:
+        """The signed bytes, packed at once (every client request and every node's intake
+        goes through here): the same bytes :meth:`_read_body` reads."""
+        dtype = self.dtype.encode()
+        rank = len(self.shape)
+        return b"".join((
+            _REQUEST_FIXED.pack(
+                VERSION, Kind.REQUEST, _sized(self.group_id, DIGEST_BYTES, "group id"),
+                _sized(self.client, KEY_BYTES, "client key"), self.request_id, len(dtype)),
+            dtype, _U8.pack(rank), _SHAPES[rank].pack(*self.shape),
+            _sized(self.input_digest, DIGEST_BYTES, "input digest"),
+        ))
+
+    @classmethod
+    def decode(cls, data: bytes) -> RequestHeader:
+        parsed = _parse_header(data)
+        if parsed is not None and parsed[1] == len(data):
+            return parsed[0]
+        return super().decode(data)  # the general reader names what is wrong
 
     @classmethod
     def _read_body(cls, r: Reader, group_id: bytes) -> dict[str, Any]:
@@ -501,6 +519,50 @@ class RequestHeader(Message):
 
 _CLIENT_AND_ID = struct.Struct(f">{KEY_BYTES}sQ")
 _SHAPES = [struct.Struct(f">{rank}I") for rank in range(MAX_INPUT_RANK + 1)]
+_REQUEST_FIXED = struct.Struct(f">BB{DIGEST_BYTES}s{KEY_BYTES}sQH")
+"""A REQUEST header up to its dtype: version, kind, group id, client key, request id, dtype
+length."""
+_DTYPE_NAMES = {name.encode(): name for name in DTYPES}
+
+
+def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
+    """An instance of the frozen dataclass ``cls`` with ``fields`` the caller has checked as
+    its ``__init__`` and ``__post_init__`` would (both skipped: they are most of the cost of
+    decoding a REQUEST)."""
+    message = object.__new__(cls)
+    message.__dict__.update(fields)
+    return message
+
+
+def _parse_header(data: bytes) -> tuple[RequestHeader, int] | None:
+    """The REQUEST header at the start of ``data`` and where it ends, read at fixed offsets
+    in one pass; None when anything is out of the ordinary (then the general reader, which
+    accepts exactly the same headers, names the fault). The fields are checked here as
+    ``RequestHeader.__post_init__`` checks them: a known dtype, a rank within
+    MAX_INPUT_RANK; the struct formats bound the request id and the dimensions."""
+    size = len(data)
+    fixed = _REQUEST_FIXED.size
+    if size < fixed:
+        return None
+    version, kind, group_id, client, request_id, dtype_length = _REQUEST_FIXED.unpack_from(data)
+    rank_at = fixed + dtype_length
+    dtype = _DTYPE_NAMES.get(data[fixed:rank_at])
+    if version != VERSION or kind != Kind.REQUEST or dtype is None or rank_at >= size:
+        return None
+    rank = data[rank_at]
+    digest_at = rank_at + 1 + 4 * rank
+    signature_at = digest_at + DIGEST_BYTES
+    end = signature_at + SIGNATURE_BYTES
+    if rank > MAX_INPUT_RANK or end > size:
+        return None
+    head = _trusted(RequestHeader, {
+        "group_id": group_id, "client": client, "request_id": request_id, "dtype": dtype,
+        "shape": _SHAPES[rank].unpack_from(data, rank_at + 1),
+        "input_digest": data[digest_at:signature_at],
+        "signature": data[signature_at:end],
+        "body": data[:signature_at],
+    })
+    return head, end
 
 
 @dataclass(frozen=True)
@@ -535,7 +597,9 @@ class Request(Message):
         head = RequestHeader(
             group_id, key.public_key, request_id, dtype, tuple(shape), _core.sha256(data)
         )
-        return Request(head.signed(key), bytes(data))
+        body = head.body
+        signed = _trusted(RequestHeader, {**head.__dict__, "signature": key.sign(body)})
+        return Request(signed, bytes(data))
 
     def verify(self, public_key: bytes) -> bool:
         """Whether the client signature verifies (see :meth:`RequestHeader.verify`)."""
@@ -562,6 +626,29 @@ class Request(Message):
     def data_matches(self) -> bool:
         """Whether the input bytes hash to the signed input digest."""
         return _core.sha256(self.data) == self.header.input_digest
+
+    @classmethod
+    def decode(cls, data: bytes) -> Request:
+        """Well-formed requests (every one an honest client sends) are read at fixed
+        offsets, one pass; anything else goes to the general reader, which names the
+        fault. Both accept exactly the same bytes (tests/test_wire.py)."""
+        parsed = _parse_header(data) if len(data) <= MAX_MESSAGE_BYTES else None
+        if parsed is not None:
+            head, end = parsed
+            data_at = end + 4
+            if data_at <= len(data):
+                (length,) = _U32.unpack_from(data, end)
+                if (length == len(data) - data_at and length <= MAX_REQUEST_BYTES
+                        and length == head.input_bytes):
+                    # A PRE-PREPARE carries these header bytes again: share the object.
+                    header_bytes = data[:end]
+                    known = MEMO.get(RequestHeader, header_bytes)
+                    if known is None:
+                        MEMO.put(header_bytes, head)
+                    else:
+                        head = known
+                    return _trusted(Request, {"header": head, "data": data[data_at:]})
+        return super().decode(data)
 
     @classmethod
     def _read(cls, r: Reader) -> Request:
