@@ -1,5 +1,7 @@
 """The client gives up on a request only when f+1 nodes refuse it for good."""
 
+import math
+
 import numpy as np
 import trio
 from dropbear import _core, control
@@ -9,6 +11,11 @@ from dropbear.wire import Request
 from sim.group import make_group
 
 GROUP = make_group(4)
+
+
+def unscheduled(request: Request) -> _Pending:
+    """A pending request that no timer re-sends or gives up (no resend task runs here)."""
+    return _Pending(request, resend_at=math.inf, deadline=math.inf)
 
 
 def reject(client: Client, node: int, request_id: int, transient: bool) -> None:
@@ -21,7 +28,7 @@ def reject(client: Client, node: int, request_id: int, transient: bool) -> None:
 async def test_transient_refusals_do_not_end_a_request() -> None:
     client = Client(GROUP.manifest, _core.SigningKey.generate())
     request = Request.create(client.key, GROUP.manifest.group_id, 7, "uint8", (1,), b"\x01")
-    pending = client._pending[7] = _Pending(request)
+    pending = client._pending[7] = unscheduled(request)
     for node in range(4):
         reject(client, node, 7, transient=True)
     assert not pending.done.is_set()
@@ -66,7 +73,7 @@ def client_with_pending(request_id: int) -> Client:
     client = Client(GROUP.manifest, _core.SigningKey.generate())
     request = Request.create(client.key, GROUP.manifest.group_id, request_id, "uint8", (1,),
                              bytes([request_id]))
-    client._pending[request_id] = _Pending(request)
+    client._pending[request_id] = unscheduled(request)
     return client
 
 
@@ -112,14 +119,20 @@ async def test_a_request_is_resent_each_timeout_and_given_up_at_the_deadline() -
     for index, link in enumerate(client.links):  # no node answers: the links never connect
         link.outbox.put = (  # type: ignore[method-assign]
             lambda frame, i=index: sent.append(i) is None)
+    for link in client.links:
+        link.run = trio.sleep_forever  # type: ignore[method-assign]  # no network here
     start = trio.current_time()
-    try:
-        await client.infer(np.zeros((8, 8, 1), np.float32))
-    except ClientError as error:
-        assert "got no certificate within 0.3s" in str(error)
-    else:
-        raise AssertionError("a request nobody answers must fail at the deadline")
-    assert 0.3 <= trio.current_time() - start < 1.0
+    async with trio.open_nursery() as nursery:
+        client.start(nursery)
+        try:
+            await client.infer(np.zeros((8, 8, 1), np.float32))
+        except ClientError as error:
+            assert "got no certificate within 0.3s" in str(error)
+        else:
+            raise AssertionError("a request nobody answers must fail at the deadline")
+        assert 0.3 <= trio.current_time() - start < 1.0
+        assert not client._pending  # given up: its slot is free
+        nursery.cancel_scope.cancel()
     rounds = len(sent) // 4
     assert sorted(sent) == sorted(list(range(4)) * rounds) and 5 <= rounds <= 7
 
@@ -141,3 +154,16 @@ async def test_a_started_client_writes_its_requests_within_a_scheduler_pass() ->
         assert sorted(flushed) == [0, 1, 2, 3]
         assert [link.outbox.depth() for link in client.links] == [1, 1, 1, 1]
         nursery.cancel_scope.cancel()
+
+
+async def test_infer_on_a_client_that_was_not_started_says_so() -> None:
+    """Sending, re-sending and giving up are the started client's tasks: without them a
+    request would wait for ever, so infer refuses at once and says what to do."""
+    client = Client(GROUP.manifest, _core.SigningKey.generate())
+    try:
+        await client.infer(np.zeros((8, 8, 1), np.float32))
+    except ClientError as error:
+        assert "not started" in str(error) and "Client.connect" in str(error)
+    else:
+        raise AssertionError("infer must refuse on a client that was not started")
+    assert not client._pending
