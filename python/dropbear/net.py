@@ -405,6 +405,34 @@ async def _write_loop(fd: int, outbox: Outbox, delay_s: float = 0.0) -> None:
         outbox._attach(None)
 
 
+class _ReadProgress:
+    """What a connection's reader last achieved, for its watchdog (:func:`_read_deadlines`)."""
+
+    __slots__ = ("last_frame", "partial_since")
+
+    def __init__(self) -> None:
+        self.last_frame = trio.current_time()
+        """When the reader last took whole frames off the buffer."""
+        self.partial_since: float | None = None
+        """Since when the buffer holds the start of a frame whose rest has not come."""
+
+
+async def _read_deadlines(progress: _ReadProgress, peer: PeerIdentity) -> None:
+    """Ends the connection (TooSlowError) when a frame stays incomplete NET_FRAME_TIMEOUT_S
+    after its first bytes, or no frame (a heartbeat at least) comes for NET_IDLE_TIMEOUT_S;
+    it looks four times per the shorter timeout, so it cuts off within a quarter of it
+    after the deadline. A task of its own: the reader then waits for data with no cancel
+    scope (one per wait was a visible part of a node's CPU under load)."""
+    while True:
+        if progress.partial_since is not None:
+            deadline, what = progress.partial_since + NET_FRAME_TIMEOUT_S, "a frame's rest"
+        else:
+            deadline, what = progress.last_frame + NET_IDLE_TIMEOUT_S, "any frame"
+        if trio.current_time() >= deadline:
+            raise trio.TooSlowError(f"no data from {peer} for {what} in time")
+        await trio.sleep(min(NET_FRAME_TIMEOUT_S, NET_IDLE_TIMEOUT_S) / 4)
+
+
 async def _read_loop(
     fd: int,
     buffer: bytearray,
@@ -412,13 +440,14 @@ async def _read_loop(
     on_frame: FrameHandler,
     sender: Sender,
     max_frame: int = NET_MAX_FRAME_BYTES,
+    progress: _ReadProgress | None = None,
 ) -> None:
     """The connection's reader: hands every complete frame in ``buffer`` to ``on_frame``,
-    then reads what the socket holds (waiting only when it holds nothing). A frame must
-    arrive whole within NET_FRAME_TIMEOUT_S of its first bytes; some frame (a heartbeat at
-    least) within NET_IDLE_TIMEOUT_S."""
-    partial_since: float | None = None
-    last_frame = trio.current_time()
+    then reads what the socket holds (waiting only when it holds nothing). It records its
+    progress in ``progress`` for the watchdog that enforces NET_FRAME_TIMEOUT_S and
+    NET_IDLE_TIMEOUT_S (:func:`_read_deadlines`)."""
+    if progress is None:
+        progress = _ReadProgress()
     while True:
         pos, end = 0, len(buffer)
         while end - pos >= _HEADER.size:
@@ -436,10 +465,11 @@ async def _read_loop(
                 await _deliver(on_frame, peer, payload, sender)
         if pos:
             del buffer[:pos]
-            last_frame = trio.current_time()
-            partial_since = last_frame if buffer else None
-        elif buffer and partial_since is None:
-            partial_since = trio.current_time()
+            now = trio.current_time()
+            progress.last_frame = now
+            progress.partial_since = now if buffer else None
+        elif buffer and progress.partial_since is None:
+            progress.partial_since = trio.current_time()
         need = _HEADER.size
         if len(buffer) >= _HEADER.size:
             need += _HEADER.unpack_from(buffer, 0)[0]
@@ -448,14 +478,7 @@ async def _read_loop(
             chunk = os.read(fd, size)
             await trio.sleep(0)  # data was waiting: still let the other tasks run
         except BlockingIOError:
-            if partial_since is not None:
-                deadline, what = partial_since + NET_FRAME_TIMEOUT_S, "a frame's rest"
-            else:
-                deadline, what = last_frame + NET_IDLE_TIMEOUT_S, "any frame"
-            with trio.move_on_at(deadline) as waited:
-                await trio.lowlevel.wait_readable(fd)
-            if waited.cancelled_caught:
-                raise trio.TooSlowError(f"no data from {peer} for {what} in time") from None
+            await trio.lowlevel.wait_readable(fd)
             try:
                 chunk = os.read(fd, size)
             except BlockingIOError:
@@ -517,8 +540,10 @@ async def run_connection(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_error, _write_loop, fd, outbox, delay_s)
+        progress = _ReadProgress()
         nursery.start_soon(until_error, _read_loop, fd, buffer, peer, on_frame, sender,
-                           framed.max_frame)
+                           framed.max_frame, progress)
+        nursery.start_soon(until_error, _read_deadlines, progress, peer)
     if errors:
         raise errors[0]
 
