@@ -242,8 +242,11 @@ class Outbox:
     sends heartbeats. Frames queued while no connection is up wait for the next one.
     """
 
-    def __init__(self, capacity: int = NET_PEER_SEND_QUEUE) -> None:
+    def __init__(self, capacity: int = NET_PEER_SEND_QUEUE, *, timed: bool = False) -> None:
+        """``timed``: frames carry the time they were queued (a delayed link sends each that
+        long after); others carry 0 (reading trio's clock per frame was a visible cost)."""
         self.capacity = capacity
+        self.timed = timed
         self.dropped = 0
         self._frames: deque[tuple[float, bytes]] = deque()
         self._fd: int | None = None
@@ -264,7 +267,7 @@ class Outbox:
             self.dropped += 1
             self.too_large += len(payload) > NET_MAX_FRAME_BYTES
             return False
-        self._frames.append((trio.current_time(), payload))
+        self._frames.append((trio.current_time() if self.timed else 0.0, payload))
         return True
 
     def send(self, payload: bytes) -> bool:
@@ -339,8 +342,9 @@ class PassFlush:
     def put(self, outbox: Outbox, payload: bytes) -> bool:
         """Queues ``payload`` on ``outbox`` (see :meth:`Outbox.put`) for the next flush."""
         queued = outbox.put(payload)
+        if not self._due:
+            self._wake.set()  # the first of this pass: the flush task runs after it
         self._due.add(outbox)
-        self._wake.set()
         return queued
 
     async def run(self) -> None:
@@ -570,7 +574,7 @@ class PeerLink:
         self.authorize = authorize
         self.on_frame = on_frame
         self.delay_s = delay_s
-        self.outbox = Outbox()
+        self.outbox = Outbox(timed=delay_s > 0)
         self.connected = False
         self.peer: PeerIdentity | None = None
         self.failures = 0
