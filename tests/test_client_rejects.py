@@ -167,3 +167,53 @@ async def test_infer_on_a_client_that_was_not_started_says_so() -> None:
     else:
         raise AssertionError("infer must refuse on a client that was not started")
     assert not client._pending
+
+
+async def test_every_request_whose_send_is_lost_is_sent_again() -> None:
+    """Requests in flight from several tasks, answered in batches (as REPLYs come), and the
+    first send of every third one lost: each is re-sent a request timeout later and none
+    waits for its deadline, however the sends, the answers and the re-send task's wake-ups
+    interleave (that task must not fall asleep while a request waits)."""
+    from types import SimpleNamespace
+
+    client = Client(GROUP.manifest, _core.SigningKey.generate(), request_timeout=0.004,
+                    deadline=5.0)
+    for link in client.links:
+        link.run = trio.sleep_forever  # type: ignore[method-assign]  # no network here
+    sends: dict[int, int] = {}
+    heard: set[int] = set()
+    answer = SimpleNamespace(entry=SimpleNamespace(label=1, reached=True, votes=()))
+
+    def put(outbox: object, frame: bytes) -> bool:
+        request_id = Request.decode(frame).header.request_id
+        sends[request_id] = sends.get(request_id, 0) + 1
+        if request_id % 3 or sends[request_id] > 4:  # the first send (to 4 nodes) is lost
+            heard.add(request_id)
+        return True
+
+    async def nodes() -> None:  # answer everything heard so far, every 4 ms
+        while True:
+            await trio.sleep(0.004)
+            for request_id in sorted(heard):
+                pending = client._pending.get(request_id)
+                if pending is not None and not pending.done.is_set():
+                    pending.certificate = answer
+                    pending.done.set()
+            heard.clear()
+
+    async def worker() -> None:
+        for _ in range(50):
+            await client.infer(np.zeros((8, 8, 1), np.float32))
+
+    client._flush.put = put  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        client.start(nursery)
+        nursery.start_soon(nodes)
+        with trio.fail_after(4):  # well before the deadline
+            async with trio.open_nursery() as workers:
+                for _ in range(4):
+                    workers.start_soon(worker)
+        nursery.cancel_scope.cancel()
+    lost = [rid for rid in sends if rid % 3 == 0]
+    assert len(sends) == 200 and lost
+    assert all(sends[rid] >= 8 for rid in lost)  # sent twice to each of the four nodes

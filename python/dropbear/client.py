@@ -92,7 +92,8 @@ class Client:
         """Request id -> nodes that refused it for a full limit: re-sent after a backoff."""
         self._retry_due = trio.Event()
         self._resend_wake = trio.Event()
-        """Set when a request is sent while none was pending: wakes an idle _resend_loop."""
+        self._resend_idle = False
+        """Whether _resend_loop waits for a request to watch (``_resend_wake`` wakes it)."""
         self._started = False
         self._verified_batches: OrderedDict[tuple, None] = OrderedDict()
         self._flush = PassFlush()
@@ -160,7 +161,7 @@ class Client:
         deadline = start + self.deadline
         pending = _Pending(request, min(start + self.request_timeout, deadline), deadline)
         self._pending[request_id] = pending
-        if len(self._pending) == 1:
+        if self._resend_idle:
             self._resend_wake.set()
         try:
             frame = request.encoded
@@ -195,8 +196,9 @@ class Client:
         while True:
             waiting = [p for p in self._pending.values() if not p.done.is_set()]
             if not waiting:
-                self._resend_wake = trio.Event()
+                self._resend_wake, self._resend_idle = trio.Event(), True
                 await self._resend_wake.wait()
+                self._resend_idle = False
                 continue
             now = trio.current_time()
             due = min(p.resend_at for p in waiting)
