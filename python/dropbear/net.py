@@ -443,15 +443,13 @@ async def _read_loop(
     peer: PeerIdentity,
     on_frame: FrameHandler,
     sender: Sender,
-    max_frame: int = NET_MAX_FRAME_BYTES,
-    progress: _ReadProgress | None = None,
+    max_frame: int,
+    progress: _ReadProgress,
 ) -> None:
     """The connection's reader: hands every complete frame in ``buffer`` to ``on_frame``,
     then reads what the socket holds (waiting only when it holds nothing). It records its
     progress in ``progress`` for the watchdog that enforces NET_FRAME_TIMEOUT_S and
     NET_IDLE_TIMEOUT_S (:func:`_read_deadlines`)."""
-    if progress is None:
-        progress = _ReadProgress()
     while True:
         pos, end = 0, len(buffer)
         while end - pos >= _HEADER.size:

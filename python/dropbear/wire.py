@@ -11,6 +11,7 @@ raises :class:`WireError` and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
 from collections import OrderedDict
@@ -317,12 +318,14 @@ class Message:
         return _core.sha256(self.body)
 
     def signed(self, key: _core.SigningKey) -> Self:
-        """A copy signed with ``key``."""
+        """A copy signed with ``key``: the same fields (checked when this one was made; no
+        ``__post_init__`` looks at the signature, so none runs again) and the same body."""
         body = self.body
-        signed = dataclasses.replace(self, signature=key.sign(body))  # type: ignore[call-arg]
-        if isinstance(getattr(type(signed), "body", None), cached_property):
-            signed.__dict__["body"] = body  # the same fields but the signature: the same body
-        return signed
+        fields = {name: self.__dict__[name] for name in _field_names(type(self))}
+        fields["signature"] = key.sign(body)
+        if isinstance(getattr(type(self), "body", None), cached_property):
+            fields["body"] = body
+        return _trusted(type(self), fields)
 
     def verify(self, public_key: bytes) -> bool:
         """Whether the signature verifies under ``public_key`` (False for malformed keys)."""
@@ -525,6 +528,12 @@ length."""
 _DTYPE_NAMES = {name.encode(): name for name in DTYPES}
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass ``cls``'s field names (looked up once per class)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
     """An instance of the frozen dataclass ``cls`` with ``fields`` the caller has checked as
     its ``__init__`` and ``__post_init__`` would (both skipped: they are most of the cost of
@@ -597,9 +606,7 @@ class Request(Message):
         head = RequestHeader(
             group_id, key.public_key, request_id, dtype, tuple(shape), _core.sha256(data)
         )
-        body = head.body
-        signed = _trusted(RequestHeader, {**head.__dict__, "signature": key.sign(body)})
-        return Request(signed, bytes(data))
+        return Request(head.signed(key), bytes(data))
 
     def verify(self, public_key: bytes) -> bool:
         """Whether the client signature verifies (see :meth:`RequestHeader.verify`)."""
