@@ -18,8 +18,14 @@ pub const SIGNATURE_LEN: usize = 64;
 /// Public keys kept parsed (see [`cached_public_key`]). When full the cache is emptied:
 /// the group's few keys come back at once, and a flood of client keys cannot grow it.
 pub const KEY_CACHE_ENTRIES: usize = 4096;
-/// Batches are cut into chunks of this many items, verified on all cores (rayon).
-const PARALLEL_CHUNK: usize = 128;
+/// Batches of up to this many items are verified on the caller's thread; larger ones are cut
+/// into chunks of this many, verified on all cores (rayon). A node hands its intake over in
+/// batches of at most 256 requests (`limits.NODE_INTAKE_BATCH`), so that path never pays
+/// the pool's hand-off: under load every core is busy with the other processes anyway, and
+/// the pool's workers spinning for the next job cost more than the second core saved
+/// (128 here: x0.984 certified req/s at saturation, 4 of 4 interleaved pairs; see
+/// benches/HISTORY.md, "Nineteenth round").
+const PARALLEL_CHUNK: usize = 512;
 
 fn check_len(what: &'static str, bytes: &[u8], expected: usize) -> Result<(), CoreError> {
     if bytes.len() == expected {
@@ -154,6 +160,7 @@ fn check_items<K: Copy + Send + Sync>(
     key_of: impl Fn(&[u8]) -> Result<K, CoreError>,
     alone: impl Fn(&Parsed<'_, K>) -> bool + Sync,
     together: Option<BatchEquation<K>>,
+    chunk_len: usize,
 ) -> Vec<usize> {
     let mut bad = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
@@ -182,11 +189,11 @@ fn check_items<K: Copy + Send + Sync>(
             .map(|p| p.index)
             .collect()
     };
-    if parsed.len() <= PARALLEL_CHUNK {
+    if parsed.len() <= chunk_len {
         // One chunk: handing it to the thread pool would cost more than it saves.
         bad.extend(check(&parsed));
     } else {
-        let found: Vec<Vec<usize>> = parsed.par_chunks(PARALLEL_CHUNK).map(&check).collect();
+        let found: Vec<Vec<usize>> = parsed.par_chunks(chunk_len).map(&check).collect();
         bad.extend(found.into_iter().flatten());
     }
     bad.sort_unstable();
@@ -239,6 +246,7 @@ pub fn batch_verify(items: &[BatchItem<'_>]) -> Vec<usize> {
         cached_public_key,
         |p| verify(&p.key, p.message, &p.signature),
         None,
+        PARALLEL_CHUNK,
     )
 }
 
@@ -277,11 +285,18 @@ fn verify_zip215(key: &ZebraKey, message: &[u8], signature: &Signature) -> bool 
 /// checking every signature alone would.
 /// Large batches are split over all cores (rayon), with the GIL released by the caller.
 pub fn verify_requests(items: &[BatchItem<'_>]) -> Vec<usize> {
+    verify_requests_in_chunks(items, PARALLEL_CHUNK)
+}
+
+/// [`verify_requests`] with chunks of `chunk_len` items (tests cut small batches in chunks
+/// to check the parallel path's verdicts).
+fn verify_requests_in_chunks(items: &[BatchItem<'_>], chunk_len: usize) -> Vec<usize> {
     check_items(
         items,
         zip215_key,
         |p| verify_zip215(&p.key, p.message, &p.signature),
         Some(batch_passes),
+        chunk_len,
     )
 }
 
@@ -719,6 +734,12 @@ mod tests {
                 verify_requests(&items),
                 expected,
                 "trial {trial}, size {size}"
+            );
+            // The same verdicts when the batch is cut into chunks checked on all cores.
+            assert_eq!(
+                verify_requests_in_chunks(&items, 16),
+                expected,
+                "trial {trial}, size {size}, chunks of 16"
             );
         }
     }
