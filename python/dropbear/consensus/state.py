@@ -69,21 +69,24 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
     for every batch on every node.
     """
     gid = manifest.group_id
-    # node -> (model version, label, score) per request; EntryVotes are made only for the
-    # requests the batch orders (its VOTES also carry votes for others).
-    by_request: dict[bytes, dict[int, tuple[bytes, int, float]]] = {}
+    # request -> {node: its EntryVote}; EntryVotes are made once per vote the batch's VOTES
+    # carry (mostly the batch's own requests), already in the entry's field order.
+    by_request: dict[bytes, dict[int, EntryVote]] = {}
+    new_vote = tuple.__new__  # an EntryVote without its Python-level __new__
     for message in batch.votes:
         node, version = message.node, message.model_version
         if message.group_id != gid or node >= manifest.n:
             raise BatchError(f"VOTES of node {node} is not of this group")
         for vote in message.votes:
-            cast = (version, vote.label, vote.score)
             votes = by_request.get(vote.request)
             if votes is None:
-                by_request[vote.request] = {node: cast}
+                by_request[vote.request] = {
+                    node: new_vote(EntryVote, (node, version, vote.label, vote.score))}
                 continue
-            known = votes.setdefault(node, cast)
-            if known is not cast and known != cast:
+            known = votes.get(node)
+            if known is None:
+                votes[node] = new_vote(EntryVote, (node, version, vote.label, vote.score))
+            elif (known[1], known[2], known[3]) != (version, vote.label, vote.score):
                 raise BatchError(f"node {node} gives two votes for {vote.request.hex()}")
     quorum, threshold = manifest.quorum, manifest.threshold
     pack, make = RequestEntry.pack, RequestEntry.of
@@ -99,21 +102,21 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
         votes = by_request.get(digest, {})
         if len(votes) < quorum:
             raise BatchError(f"request {digest.hex()} has {len(votes)} votes")
-        nodes = sorted(votes)
+        cast = tuple(votes[node] for node in sorted(votes))
         flat: list = []
         counts: dict[int, int] = {}
-        for node in nodes:
-            cast = votes[node]
-            flat.append(node)
-            flat += cast
-            counts[cast[1]] = counts.get(cast[1], 0) + 1
-        label, count = min(counts.items(), key=_most_then_lowest)
+        for vote in cast:
+            flat += vote
+            counts[vote[2]] = counts.get(vote[2], 0) + 1
+        if len(counts) == 1:  # the models agree (the usual case)
+            (label, count), = counts.items()
+        else:
+            label, count = min(counts.items(), key=_most_then_lowest)
         reached = count >= threshold
         client, request_id = header.client, header.request_id
         entries.append(make(
-            digest, client, request_id, tuple(EntryVote(node, *votes[node]) for node in nodes),
-            label, threshold, reached,
-            pack(digest, client, request_id, len(nodes), flat, label, threshold, reached)))
+            digest, client, request_id, cast, label, threshold, reached,
+            pack(digest, client, request_id, len(cast), flat, label, threshold, reached)))
     for update in batch.updates:
         if update.group_id != gid or update.node >= manifest.n:
             raise BatchError(f"update of node {update.node} is not of this group")
