@@ -408,8 +408,11 @@ def _committed(world) -> list[list[bytes]]:
 def test_votes_that_cannot_fill_a_held_batch_skip_its_assembly_and_change_nothing(
         monkeypatch):
     """While a batch is held back, votes that make fewer requests orderable than it lacks
-    do not assemble it again. The skip must be exact: the same schedules run with every
-    assembly done give the same batches, step for step."""
+    do not assemble it again; nor, while nothing was orderable at the last assembly, do
+    votes and requests that make nothing orderable. The skip must be exact: the same
+    schedules run with every assembly done give the same batches, step for step. (These
+    schedules called the batcher 4,527 times without skips, 3,334 with the held-batch skip
+    alone, 849 with both.)"""
     import dataclasses
 
     from dropbear.consensus import replica as replica_module
@@ -448,7 +451,7 @@ def test_votes_that_cannot_fill_a_held_batch_skip_its_assembly_and_change_nothin
     calls["propose"] = 0
     every = [loaded(*case) for case in cases] + [str(run(seed)) for seed in (2, 11)]
     assert skipping == every
-    assert with_skips < 0.8 * calls["propose"], (with_skips, calls["propose"])
+    assert with_skips < 0.4 * calls["propose"], (with_skips, calls["propose"])
 
 
 def test_a_batch_waits_while_eager_depth_batches_in_flight_are_unprepared():

@@ -293,6 +293,10 @@ class Replica:
         self._newly_orderable = 0
         self._paced = False
         """The held-back batch waits for a batch in flight to be prepared (no timer)."""
+        self._starved = False
+        """The last assembly found nothing to propose: until a request becomes orderable
+        (counted as for a held-back batch, ``_short`` = (1, 0)), new votes and requests do not
+        assemble again; timers, executions, prepared batches and updates still do."""
         self._proposing = False
         self._replies: OrderedDict[tuple[bytes, int], Certificate] = OrderedDict()
         self._verified: OrderedDict[bytes, None] = OrderedDict()
@@ -616,7 +620,11 @@ class Replica:
         if accepted:
             self._out.append(RequestInference(accepted, self.state.versions[self.me]))
         if accepted or retransmitted:
-            self._after_new_work()
+            # Only a request whose votes came first may be orderable at once.
+            quorum, votes = self.manifest.quorum, self._votes
+            early = any((known := votes.get(r.digest)) is not None
+                        and len(known.by_node) >= quorum for r in accepted)
+            self._after_new_work(orderable=None if early else 0)
 
     def _on_local_votes(self, version: bytes, votes: list) -> None:
         current = self.state.versions[self.me]
@@ -676,7 +684,7 @@ class Replica:
                 return
             self._remember_verified(message.digest)
         quorum, n = self.manifest.quorum, self.manifest.n
-        orderable, wake = 0, False
+        orderable, wake, wait = 0, False, False
         # Only the primary holding a batch back counts (see _after_new_work).
         counting = self.active and self.primary == self.me and self._short is not None
         versions = self._countable_versions() if counting else None
@@ -714,8 +722,12 @@ class Replica:
                         wake = True  # a vote of another version replaced: look again
                     elif count >= n or vote.request in self._expired:
                         orderable += 1  # it may go in the next batch now
-                    elif count == quorum:
-                        wake = True  # the batcher starts its wait for the rest (VOTE_WAIT)
+                    elif count == quorum and vote.request in self._requests:
+                        # Its wait for the rest starts now, as the batcher would start it.
+                        self._waiting.add(vote.request)
+                        wait = True
+        if wait and VOTE_WAIT not in self._running:
+            self._set_timer(VOTE_WAIT, self.config.vote_wait)
         self._after_new_work(orderable=None if wake or not counting else orderable)
 
     def _countable_versions(self) -> list[bytes] | None:
@@ -744,12 +756,13 @@ class Replica:
         self._after_new_work()
 
     def _after_new_work(self, orderable: int | None = None) -> None:
-        """Lets the primary propose. ``orderable``: the work was only votes, which made that
-        many requests orderable (and started no vote wait): while a held-back batch lacks
-        more than that, assembling it again would hold it again, and is skipped."""
+        """Lets the primary propose. ``orderable``: the new work (votes; or requests, none
+        with a quorum of votes yet) made that many requests orderable: while a held-back batch lacks more than that, assembling it
+        again would hold it again, and is skipped; so is assembling again while nothing was
+        orderable at the last assembly (``_starved``) and nothing became so."""
         if self.active and self.primary == self.me:
             if orderable is not None and self._short is not None and (
-                    self._paced or BATCH_WAIT in self._running):
+                    self._paced or self._starved or BATCH_WAIT in self._running):
                 self._newly_orderable += orderable
                 lacking, messages = self._short
                 if (self._newly_orderable < lacking and messages
@@ -841,7 +854,7 @@ class Replica:
     def _propose(self) -> None:
         if self._proposing:
             return  # called back from a batch this very call proposed: it goes on anyway
-        self._short, self._paced, self._proposing = None, False, True
+        self._short, self._paced, self._starved, self._proposing = None, False, False, True
         try:
             self._propose_batches()
         finally:
@@ -859,6 +872,9 @@ class Replica:
                 return
             assembled = self._assemble(projected)
             if assembled is None:
+                # Nothing orderable: wait for a request to become so (not every VOTES and
+                # intake batch need a scan of every pending request).
+                self._short, self._newly_orderable, self._starved = (1, 0), 0, True
                 return
             batch, full = assembled
             if self._hold_back(seq, batch, full):
