@@ -757,9 +757,10 @@ class Replica:
 
     def _after_new_work(self, orderable: int | None = None) -> None:
         """Lets the primary propose. ``orderable``: the new work (votes; or requests, none
-        with a quorum of votes yet) made that many requests orderable: while a held-back batch lacks more than that, assembling it
-        again would hold it again, and is skipped; so is assembling again while nothing was
-        orderable at the last assembly (``_starved``) and nothing became so."""
+        with a quorum of votes yet) made that many requests orderable: while a held-back
+        batch lacks more than that, assembling it again would hold it again, and is skipped;
+        so is assembling again while nothing was orderable at the last assembly
+        (``_starved``) and nothing became so."""
         if self.active and self.primary == self.me:
             if orderable is not None and self._short is not None and (
                     self._paced or self._starved or BATCH_WAIT in self._running):
