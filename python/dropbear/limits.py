@@ -175,8 +175,6 @@ NODE_INTAKE_BATCH = 256
 """Client requests handed to the replica at once (their signatures are batch-verified)."""
 NODE_MAX_INFERENCE_INFLIGHT = 2048
 """Requests between "run inference" and their vote; the executor queue never overflows."""
-NODE_RECENT_BATCHES = 1024
-"""Committed batches a node keeps in memory for status and tests (the ledger keeps all)."""
 NODE_MAX_EVIDENCE = 1024
 """Evidence records a node keeps in memory; older ones are dropped (and were logged)."""
 

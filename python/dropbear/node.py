@@ -217,7 +217,6 @@ class Node:
         """Whether a model switch (ActivateModel) is among the held actions."""
         self._flush_wanted = trio.Event()
         """Set when actions wait for the group commit (:meth:`_flush_loop` makes it)."""
-        self.delivered: deque[Deliver] = deque(maxlen=limits.NODE_RECENT_BATCHES)
         self.evidence: deque[RecordEvidence] = deque(maxlen=limits.NODE_MAX_EVIDENCE)
         self.replies_sent = 0
         self.rejected = 0
@@ -473,7 +472,7 @@ class Node:
                 case ActivateModel(version):
                     self._activate(version)
                 case Deliver():
-                    self.delivered.append(action)
+                    pass  # in the ledger already (_record): nothing to send
                 case Reply(client, certificate):
                     key = (client, *certificates.signed_part(certificate))
                     replies.setdefault(key, []).append(certificate)
