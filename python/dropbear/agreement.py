@@ -7,7 +7,7 @@ also says whether that label reached the group's agreement threshold ``q``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dropbear.wire import EntryVote, RequestEntry, RequestHeader
@@ -29,7 +29,7 @@ class Agreement:
     reached: bool
 
 
-def _plurality(counts: Counter[int]) -> tuple[int, int]:
+def _plurality(counts: Mapping[int, int]) -> tuple[int, int]:
     """The most frequent label and its count, ties to the lowest label."""
     if not counts:
         raise ValueError("agreement needs at least one vote")
@@ -68,17 +68,23 @@ def check_entry(entry: RequestEntry, quorum: int, threshold: int, nodes: int) ->
     Checks: votes from at least ``quorum`` distinct nodes below ``nodes``, the group's
     threshold, and the label and reached flag recomputed from the votes.
     """
-    voters = [v.node for v in entry.votes]
-    if len(set(voters)) != len(voters) or any(not 0 <= v < nodes for v in voters):
-        return f"entry votes name nodes {voters}, not distinct nodes below {nodes}"
-    if len(voters) < quorum:
-        return f"entry has {len(voters)} votes, needs {quorum}"
+    votes = entry.votes
+    voters = {v.node for v in votes}
+    if len(voters) != len(votes) or any(not 0 <= v < nodes for v in voters):
+        named = [v.node for v in votes]
+        return f"entry votes name nodes {named}, not distinct nodes below {nodes}"
+    if len(votes) < quorum:
+        return f"entry has {len(votes)} votes, needs {quorum}"
     if entry.threshold != threshold:
         return f"entry threshold {entry.threshold}, the group's is {threshold}"
-    result = agree((v.label for v in entry.votes), threshold)
-    if (entry.label, entry.reached) != (result.label, result.reached):
+    # agree()'s plurality, without its Counter and record: a client checks every entry.
+    counts: dict[int, int] = {}
+    for v in votes:
+        counts[v.label] = counts.get(v.label, 0) + 1
+    label, count = _plurality(counts)
+    if (entry.label, entry.reached) != (label, count >= threshold):
         return (
             f"entry says label {entry.label} reached={entry.reached}, "
-            f"votes give {result.label} reached={result.reached}"
+            f"votes give {label} reached={count >= threshold}"
         )
     return None
