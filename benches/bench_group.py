@@ -22,7 +22,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import DIGIT_MODELS, GroupTarget, PlainTarget, Target, digit_inputs  # noqa: E402
+from loadgen import (  # noqa: E402
+    DIGIT_MODELS,
+    GroupTarget,
+    PlainTarget,
+    Target,
+    digit_inputs,
+    keys_for,
+)
 
 WARMUP_S = 1.5
 CAP_S = 20.0
@@ -84,10 +91,10 @@ ORDERING_LOADS = (256, 512, 768)
 """Requests outstanding in the ordering-cost sweep. A closed loop of N keeps N requests in
 flight; how many the group can batch per PRE-PREPARE, and so how many protocol messages,
 signatures and fsyncs each request shares, grows with N until the CPU is saturated (256:
-about 85 requests a batch, 512: about 150, in the nineteenth round). The group's client
+about 81 requests a batch, 512: about 145, in the nineteenth round). The group's client
 holds 12 keys; a load of N uses ceil(N / 64) of them (64 in flight each, loadgen.drive)."""
 
-NULL_GROUP = f"group:n=4,null=1,clients={max(ORDERING_LOADS) // 64}"
+NULL_GROUP = f"group:n=4,null=1,clients={keys_for(max(ORDERING_LOADS))}"
 
 
 @pytest.mark.parametrize("outstanding", ORDERING_LOADS)

@@ -144,6 +144,12 @@ class LoadResult:
                 + (f"  votes {s['votes_per_certificate']:.2f}" if self.votes else ""))
 
 
+def keys_for(outstanding: int) -> int:
+    """Client keys a closed loop of ``outstanding`` requests uses: MAX_INFLIGHT_PER_CLIENT
+    (64) in flight each, at least one."""
+    return max(1, -(-outstanding // MAX_INFLIGHT_PER_CLIENT))
+
+
 async def drive(
     infers: Sequence[Infer],
     inputs: np.ndarray,
@@ -174,7 +180,7 @@ async def drive(
     if (closed is None) == (rate is None):
         raise ValueError("give exactly one of closed= (outstanding) or rate= (offered req/s)")
     if closed is not None:
-        infers = infers[:max(1, -(-closed // MAX_INFLIGHT_PER_CLIENT))]
+        infers = infers[:keys_for(closed)]
     if max_outstanding is None:
         max_outstanding = MAX_INFLIGHT_PER_CLIENT * len(infers)
     mode, load = ("closed", float(closed)) if closed is not None else ("open", float(rate))
@@ -515,7 +521,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     if args.clients is None:
-        args.clients = max(4, -(-max(args.closed or [0]) // MAX_INFLIGHT_PER_CLIENT))
+        args.clients = max(4, keys_for(max(args.closed or [0])))
     if args.target == "group":
         target: Target = GroupTarget(nodes=args.nodes, null_model=args.null_model,
                                      site_delay=args.site_delay, clients=args.clients,
