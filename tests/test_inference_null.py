@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trio
 from dropbear.inference import BadInput, InferenceError, ModelRepository, Prediction
-from dropbear.inference.null import NullExecutor, null_label
+from dropbear.inference.null import NullExecutor, null_label, null_labels
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -55,3 +55,31 @@ def test_null_switch_needs_a_staged_version() -> None:
     with pytest.raises(InferenceError, match="is not staged"):
         executor.switch("ab" * 32)
     assert executor.switch(config.current_version) == config.current_version
+
+
+def test_null_labels_of_a_stack_are_its_rows_labels_whatever_its_layout() -> None:
+    rng = np.random.default_rng(2)
+    stack = rng.uniform(0, 16, (30, 8, 8, 1)).astype(np.float32)
+    rows = [null_label(x, 10) for x in stack]
+    assert null_labels(stack, 10) == rows
+    assert null_labels(stack.astype(">f4"), 10) == rows  # byte order does not change a label
+    strided = rng.uniform(0, 16, (30, 8, 16, 1)).astype(np.float32)[:, :, ::2]
+    assert null_labels(strided, 10) == [null_label(x, 10) for x in strided]
+    assert null_labels(stack[:0], 10) == []
+    with pytest.raises(ValueError, match="0-d"):
+        null_labels(np.float32(1.0), 10)
+
+
+def test_null_answers_carry_the_version_in_force() -> None:
+    config = ModelRepository(MODELS).config("digits-cnn")
+    executor = NullExecutor(config, config.current_version)
+    inputs = np.random.default_rng(3).uniform(0, 16, (8, 8, 8, 1)).astype(np.float32)
+    before = trio.run(executor.submit_many, inputs)
+    assert {p.model_version for p in before} == {config.current_version}
+    other = "cd" * 32
+    trio.run(executor.stage, type("Staged", (), {"version": other})())
+    executor.switch(other)
+    after = trio.run(executor.submit_many, inputs)
+    assert {p.model_version for p in after} == {other}
+    assert [p.class_index for p in after] == [p.class_index for p in before]
+    assert executor.stats.inputs == 16

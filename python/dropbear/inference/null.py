@@ -29,6 +29,21 @@ def null_label(x: np.ndarray, num_classes: int) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") % num_classes
 
 
+def null_labels(batch: np.ndarray, num_classes: int) -> list[int]:
+    """:func:`null_label` of every input of a stack (inputs on the first axis), from one
+    little-endian copy of the whole stack."""
+    if batch.ndim == 0:
+        raise ValueError("a 0-d array is not a stack of inputs")
+    n = batch.shape[0]
+    if n == 0:
+        return []
+    data = memoryview(np.ascontiguousarray(batch, dtype=batch.dtype.newbyteorder("<"))
+                      .tobytes())
+    size, sha256 = len(data) // n, hashlib.sha256
+    return [int.from_bytes(sha256(data[i * size:(i + 1) * size]).digest()[:8], "big")
+            % num_classes for i in range(n)]
+
+
 class NullExecutor:
     """The executor surface a node uses (``start``, ``submit``, ``submit_many``, ``version``,
     ``config``, ``max_queue_length``, ``stats``, ``stage``, ``switch``), without a model."""
@@ -41,6 +56,8 @@ class NullExecutor:
         self.max_queue_length = max_queue_length
         self.max_batch_size = 1
         self.stats = ExecutorStats()
+        self._answers: dict[int, Prediction] = {}
+        """The Prediction of each class under the current version (immutable, so shared)."""
 
     @property
     def version(self) -> ModelVersion:
@@ -58,12 +75,18 @@ class NullExecutor:
         return self._answer(check_input(self._config, x))
 
     def _answer(self, x: np.ndarray) -> Prediction:
-        label = null_label(x, len(self._config.labels))
         self.stats.batches += 1
         self.stats.inputs += 1
-        return Prediction(label=self._config.labels[label], class_index=label, probability=1.0,
-                          top_k=((self._config.labels[label], 1.0),),
-                          model_version=self._version)
+        return self._prediction(null_label(x, len(self._config.labels)))
+
+    def _prediction(self, label: int) -> Prediction:
+        answer = self._answers.get(label)
+        if answer is None:
+            name = self._config.labels[label]
+            answer = self._answers[label] = Prediction(
+                label=name, class_index=label, probability=1.0, top_k=((name, 1.0),),
+                model_version=self._version)
+        return answer
 
     async def submit_many(
         self, xs: Sequence[np.ndarray] | np.ndarray,
@@ -74,9 +97,19 @@ class NullExecutor:
         ``wanted`` is never asked."""
         if wanted is not None and len(wanted) != len(xs):
             raise ValueError(f"{len(wanted)} wanted checks for {len(xs)} inputs")
-        errors = check_inputs(self._config, xs if isinstance(xs, np.ndarray) else list(xs))
-        return [self._answer(x) if error is None else error
-                for x, error in zip(xs, errors, strict=True)]
+        if not isinstance(xs, np.ndarray):
+            xs = list(xs)
+            errors = check_inputs(self._config, xs)
+            return [self._answer(x) if error is None else error
+                    for x, error in zip(xs, errors, strict=True)]
+        errors = check_inputs(self._config, xs)  # (raises BadInput for a 0-d array)
+        labels = null_labels(xs, len(self._config.labels))
+        answered = errors.count(None)
+        self.stats.batches += answered
+        self.stats.inputs += answered
+        answer = self._prediction
+        return [answer(label) if error is None else error
+                for label, error in zip(labels, errors, strict=True)]
 
     async def stage(self, model: LoadedModel) -> ModelVersion:
         self._staged.add(model.version)
@@ -87,5 +120,6 @@ class NullExecutor:
         if wanted != self._version and wanted not in self._staged:
             raise InferenceError(f"version {wanted.short()} is not staged")
         previous, self._version = self._version, wanted
+        self._answers.clear()
         self._staged.discard(wanted)
         return previous
