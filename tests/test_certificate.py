@@ -278,3 +278,24 @@ def test_reply_refuses_mixed_batches_and_ids_that_do_not_match_its_entries():
     data[offset + 7] = 101
     with pytest.raises(WireError, match="reply lists request 101 but carries 100"):
         decode(bytes(data))
+
+
+def test_a_committed_tree_makes_the_certificates_and_the_reply_build_many_would():
+    from dropbear.certificate import build_many, commit_tree
+    from dropbear.wire import MAX_REPLY_ITEMS, Reply
+
+    entries, leaves, commits = committed_batch(9, 100, 1, 8)
+    tree = commit_tree(M.group_id, 1, 8, leaves, commits)
+    chosen = [(1, entries[1]), (4, entries[4]), (8, entries[8])]
+    certs = build_many(M.group_id, 1, 8, leaves, chosen, commits)
+    assert [tree.certificate(i, e) for i, e in chosen] == certs
+    reply = tree.reply(3, chosen)
+    assert reply == Reply.of(3, certs)
+    assert reply.signed(GROUP.node_keys[3]).encoded == \
+        Reply.of(3, certs).signed(GROUP.node_keys[3]).encoded
+    for cert in reply.certificates:
+        verify(cert, M)
+    with pytest.raises(WireError, match="0 certificates in one reply"):
+        tree.reply(3, [])
+    with pytest.raises(WireError, match=f"{MAX_REPLY_ITEMS + 1} certificates in one reply"):
+        tree.reply(3, [chosen[0]] * (MAX_REPLY_ITEMS + 1))

@@ -105,6 +105,11 @@ def test_simulated_crashes_with_sqlite_ledgers(tmp_path, seed):
             certificate.verify(cert, world.manifest)
 
 
+def _answer(cert):
+    """What a node records of a certificate it sent: ``(client, request id, seq, leaf)``."""
+    return (cert.entry.client, cert.entry.request_id, cert.seq, cert.leaf_index)
+
+
 def test_a_certificate_is_rebuilt_from_its_batch_and_a_requests_first_answer_stays(tmp_path):
     world, paths = _sqlite_world(tmp_path, 6)
     for _ in range(5):
@@ -114,12 +119,12 @@ def test_a_certificate_is_rebuilt_from_its_batch_and_a_requests_first_answer_sta
     assert len(certs) == 5
     world.run_until(world.now + 2.0)
     ledger = world.nodes[0].ledger
-    ledger.save_answers(certs)
+    ledger.save_answers([_answer(c) for c in certs])
     ledger.save_answers([])
     first = certs[0].entry
     assert ledger.answer(first.client, first.request_id) == (certs[0].seq, certs[0].leaf_index)
     later = dataclasses.replace(certs[0], seq=certs[0].seq + 7)
-    ledger.save_answers([later])
+    ledger.save_answers([_answer(later)])
     ledger.sync()
     assert ledger.answer_count() == 5
     assert ledger.answer(first.client, first.request_id) == (certs[0].seq, certs[0].leaf_index)
@@ -144,7 +149,7 @@ def test_an_answer_that_points_at_another_entry_is_refused_and_audit_names_it(tm
     world.run_until(world.now + 2.0)
     certs = sorted(world.clients[0].certified.values(), key=lambda c: c.entry.request_id)
     ledger = world.nodes[0].ledger
-    ledger.save_answers(certs)
+    ledger.save_answers([_answer(c) for c in certs])
     ledger.sync()
     assert audit(ledger, world.manifest).ok
     wrong = next(c for c in certs if (c.seq, c.leaf_index) != (certs[0].seq, certs[0].leaf_index))
@@ -544,8 +549,8 @@ def test_replica_stops_before_replying_when_the_ledger_is_full(tmp_path):
                 return
             for action in actions:
                 if isinstance(action, Reply):  # every reply is of a stored batch
-                    assert action.certificate.seq <= node.ledger.last_seq()
-                    replied.append(action.certificate.seq)
+                    assert action.tree.seq <= node.ledger.last_seq()
+                    replied.append(action.tree.seq)
             run(node, actions)
             return
         original_deliver(target, event, epoch)

@@ -75,12 +75,13 @@ async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does
     """A REPLY leaves at once, except when our own COMMIT of its batch (which the
     certificate may carry) is still waiting for the fsync that makes it durable."""
     from dropbear import _core
+    from dropbear.certificate import CommittedTree
     from dropbear.consensus import Broadcast, Reply, SetTimer
     from dropbear.inference import ModelRepository
     from dropbear.inference.null import NullExecutor
     from dropbear.ledger import SqliteLedger
     from dropbear.node import Node
-    from dropbear.wire import Certificate, Commit, Kind, Statement
+    from dropbear.wire import Commit, Kind, Statement
     from sim.group import make_group
 
     group = make_group(4)
@@ -95,8 +96,8 @@ async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does
     node._carry_out = lambda actions: carried.extend(actions)  # what leaves, in order
 
     def reply(seq: int) -> Reply:
-        cert = Certificate(manifest.group_id, 0, seq, 1, 0, bytes(32), None, (), ())
-        return Reply(_core.SigningKey.generate().public_key, cert)
+        tree = CommittedTree(manifest.group_id, 0, seq, 1, bytes(32), (), [[]])
+        return Reply(_core.SigningKey.generate().public_key, tree, ((0, None),))
 
     ours = Broadcast(Commit(Statement(Kind.COMMIT, manifest.group_id, 0, 0, 5, 1, bytes(32)))
                      .signed(group.node_keys[0]))

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dropbear import _core
 from dropbear.agreement import check_entry
 from dropbear.manifest import Manifest
-from dropbear.wire import Certificate, Commit, EntryVote, RequestEntry, WireError
+from dropbear.wire import (
+    MAX_REPLY_ITEMS,
+    Certificate,
+    Commit,
+    EntryVote,
+    Reply,
+    ReplyItem,
+    RequestEntry,
+    WireError,
+)
 
 __all__ = [
     "Certificate",
     "CertificateError",
+    "CommittedTree",
+    "commit_tree",
     "build",
     "verify",
     "is_valid",
@@ -29,6 +41,57 @@ __all__ = [
 
 class CertificateError(ValueError):
     """A certificate that does not verify; the message names the failed step."""
+
+
+@dataclass(frozen=True, eq=False)
+class CommittedTree:
+    """What every certificate of one committed batch shares (the COMMIT statement's fields
+    and 2f+1 signatures of it), and the inclusion proof of each of its leaves, computed in
+    one pass over the tree. A node keeps one per executed batch instead of one
+    :class:`Certificate` per request: certificates and REPLYs are made from it when sent."""
+
+    group_id: bytes
+    view: int
+    seq: int
+    tree_size: int
+    root: bytes
+    signatures: tuple[tuple[int, bytes], ...]
+    proofs: Sequence[Sequence[bytes]]
+    """The proof of every leaf, by leaf index."""
+
+    def certificate(self, leaf_index: int, entry: RequestEntry) -> Certificate:
+        """The certificate of ``entry``, leaf ``leaf_index`` of this tree."""
+        return Certificate(self.group_id, self.view, self.seq, self.tree_size, leaf_index,
+                           self.root, entry, tuple(self.proofs[leaf_index]), self.signatures)
+
+    def reply(self, node: int, items: Sequence[tuple[int, RequestEntry]]) -> Reply:
+        """The (unsigned) REPLY of ``node`` carrying the certificates of ``items``, ``(leaf
+        index, entry)`` of this tree: what :meth:`Reply.of` makes of :meth:`certificate`'s,
+        without making them."""
+        if not 0 < len(items) <= MAX_REPLY_ITEMS:
+            raise WireError(f"{len(items)} certificates in one reply")
+        proofs, new_item = self.proofs, tuple.__new__
+        return Reply(self.group_id, node, self.view, self.seq, self.tree_size, self.root,
+                     self.signatures,
+                     tuple([new_item(ReplyItem, (index, entry, tuple(proofs[index])))
+                            for index, entry in items]))
+
+
+def commit_tree(
+    group_id: bytes,
+    view: int,
+    seq: int,
+    leaves: Sequence[bytes],
+    commits: Sequence[Commit],
+) -> CommittedTree:
+    """The tree of the committed batch ``leaves`` (the entries' encodings, in order) and the
+    matching COMMITs of distinct nodes (at least 2f+1) that certify it."""
+    leaves = list(leaves)
+    return CommittedTree(
+        group_id, view, seq, len(leaves), _core.merkle_root(leaves),
+        tuple(sorted((c.node, c.signature) for c in commits)),
+        _core.merkle_proofs(leaves) if leaves else [],
+    )
 
 
 def build(
@@ -58,25 +121,12 @@ def build_many(
     """The certificates of several entries ``(leaf index, entry)`` of one committed batch,
     from one pass over its Merkle tree."""
     for index, entry in entries:
-        if leaves[index] != entry.encoded:
+        if not 0 <= index < len(leaves) or leaves[index] != entry.encoded:
             raise ValueError(f"leaf {index} is not the entry's encoding")
-    root = _core.merkle_root(leaves)
-    proofs = _core.merkle_proofs(leaves) if entries else []
-    signatures = tuple(sorted((c.node, c.signature) for c in commits))
-    return [
-        Certificate(
-            group_id=group_id,
-            view=view,
-            seq=seq,
-            tree_size=len(leaves),
-            leaf_index=index,
-            root=root,
-            entry=entry,
-            proof=tuple(proofs[index]),
-            signatures=signatures,
-        )
-        for index, entry in entries
-    ]
+    if not entries:
+        return []
+    tree = commit_tree(group_id, view, seq, leaves, commits)
+    return [tree.certificate(index, entry) for index, entry in entries]
 
 
 def verify(cert: Certificate, manifest: Manifest) -> None:

@@ -564,15 +564,14 @@ class SqliteLedger:
                 db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
                            (deliver.seq, u.node, u.counter, u.model_version))
 
-    def save_answers(self, certs: Sequence[Certificate]) -> None:
-        """Records where each certified request sits in the log, ``(client, request id) ->
-        (seq, leaf index)``, for :meth:`certificate` (one statement for all of them); a
-        request's first stays. The certificates themselves are not stored: their batch is."""
-        if not certs:
+    def save_answers(self, answers: Sequence[tuple[bytes, int, int, int]]) -> None:
+        """Records where each certified request sits in the log, ``(client, request id, seq,
+        leaf index)``, for :meth:`certificate` (one statement for all of them); a request's
+        first stays. The certificates themselves are not stored: their batch is."""
+        if not answers:
             return
-        rows = [(c.entry.client, c.entry.request_id, c.seq, c.leaf_index) for c in certs]
-        with self._write(f"{len(rows)} answers", sync=False) as db:
-            db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", rows)
+        with self._write(f"{len(answers)} answers", sync=False) as db:
+            db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?)", answers)
 
     def save_evidence(self, evidence: Evidence) -> None:
         with self._write("evidence") as db:

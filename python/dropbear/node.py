@@ -56,8 +56,16 @@ from dropbear.inference import (
 )
 from dropbear.manifest import Manifest
 from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
-from dropbear.wire import Certificate, Commit, ModelUpdate, Request, Vote, WireError, decode
-from dropbear.wire import Reply as ReplyMessage
+from dropbear.wire import (
+    MAX_REPLY_ITEMS,
+    Certificate,
+    Commit,
+    ModelUpdate,
+    Request,
+    Vote,
+    WireError,
+    decode,
+)
 
 log = logging.getLogger("dropbear.node")
 
@@ -430,8 +438,7 @@ class Node:
         if isinstance(action, RequestInference):
             return not self._switch_held
         if isinstance(action, Reply):
-            cert = action.certificate
-            return (cert.view, cert.seq) not in self._held_commits
+            return (action.tree.view, action.tree.seq) not in self._held_commits
         return False
 
     async def _flush_loop(self) -> None:
@@ -473,9 +480,8 @@ class Node:
                     self._activate(version)
                 case Deliver():
                     pass  # in the ledger already (_record): nothing to send
-                case Reply(client, certificate):
-                    key = (client, *certificates.signed_part(certificate))
-                    replies.setdefault(key, []).append(certificate)
+                case Reply(client, tree, items):
+                    replies.setdefault((client, tree), []).extend(items)
                 case Refuse(client, request_id, reason, transient):
                     self.rejected += 1
                     log.info("refused request %d of client %s: %s", request_id,
@@ -493,10 +499,12 @@ class Node:
             for link in self.links.values():
                 link.outbox.flush()
         # One signed REPLY per client and committed batch, however many of its requests.
-        for (client, *_), certs in replies.items():
-            reply = ReplyMessage.of(self.node_id, certs).signed(self.key)
-            if self.listener.send_to(client, reply.encoded):
-                self.replies_sent += len(certs)
+        for (client, tree), items in replies.items():
+            for start in range(0, len(items), MAX_REPLY_ITEMS):
+                part = items[start:start + MAX_REPLY_ITEMS]
+                reply = tree.reply(self.node_id, part).signed(self.key)
+                if self.listener.send_to(client, reply.encoded):
+                    self.replies_sent += len(part)
 
     def _record(self, actions: Sequence[Action]) -> None:
         """Adds the answers (where each certified request sits), deliveries and evidence
@@ -504,7 +512,9 @@ class Node:
         wrote (batches, signed statements, view, prepared proofs). A failed write raises
         LedgerError: the node stops without sending anything that depends on it."""
         ledger = self._durable
-        ledger.save_answers([a.certificate for a in actions if isinstance(a, Reply)])
+        ledger.save_answers([(entry.client, entry.request_id, a.tree.seq, index)
+                             for a in actions if isinstance(a, Reply)
+                             for index, entry in a.items])
         for action in actions:
             match action:
                 case Deliver():

@@ -1448,8 +1448,7 @@ def _request_ids(count: int) -> struct.Struct:
     return ids
 
 
-@dataclass(frozen=True)
-class ReplyItem:
+class ReplyItem(NamedTuple):
     """One certificate of a REPLY, less what every certificate of the batch shares."""
 
     leaf_index: int

@@ -734,3 +734,37 @@ def test_backups_check_a_client_signature_in_a_pre_prepare_by_the_intake_rule():
     assert world.all_certified()
     signed = world.nodes[3].ledger.load().signed
     assert any(s.kind == Kind.PREPARE and s.seq == 1 for s in signed)
+
+
+def test_a_request_sent_again_after_its_execution_gets_its_certificate_again():
+    """A node answers a client that re-sends an executed request from its reply cache: one
+    REPLY with the same certificate (entry, place and root) as the first time."""
+    from dropbear.certificate import verify
+    from dropbear.consensus import ClientRequest, Refuse, Reply
+    from dropbear.wire import Request
+
+    from .world import World
+
+    world = World(seed=11)
+    for _ in range(3):
+        world.submit(0)
+    sent = dict(world.clients[0].pending)
+    world.run_until(10.0, stop=world.all_certified)
+    assert world.all_certified()
+    client = world.clients[0]
+    for node in world.nodes:
+        for rid, request in sent.items():
+            first = client.certified[rid]
+            replies = [a for a in node.replica.handle(ClientRequest([request]))
+                       if isinstance(a, Reply)]
+            assert [r.client for r in replies] == [client.key.public_key]
+            (again,) = replies[0].certificates
+            verify(again, world.manifest)
+            assert (again.entry, again.seq, again.leaf_index, again.root, again.proof) == \
+                (first.entry, first.seq, first.leaf_index, first.root, first.proof)
+            assert node.replica.cached_certificate(client.key.public_key, rid) == again
+        # The same request id with other input bytes is no retransmission: refused.
+        other = Request.create(client.key, world.manifest.group_id, 1, "uint8", (8,), bytes(8))
+        actions = node.replica.handle(ClientRequest([other]))
+        assert not [a for a in actions if isinstance(a, Reply)]
+        assert [a.request_id for a in actions if isinstance(a, Refuse)] == [1]

@@ -207,9 +207,10 @@ class World:
                     node.version = version
                 case Deliver():
                     self.checker.on_deliver(node, action)
-                case Reply(client, certificate):
-                    self.checker.on_reply(node, certificate)
-                    self._to_client(node, client, certificate)
+                case Reply(client):
+                    for certificate in action.certificates:
+                        self.checker.on_reply(node, certificate)
+                        self._to_client(node, client, certificate)
                 case RecordEvidence(evidence):
                     self.checker.on_evidence(node, evidence)
                 case Refuse():

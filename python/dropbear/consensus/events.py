@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dropbear.certificate import CommittedTree
 from dropbear.evidence import Evidence
 from dropbear.wire import Certificate, Message, ModelUpdate, Request, RequestEntry, Vote
 
@@ -121,10 +122,16 @@ class Deliver:
 
 @dataclass(frozen=True)
 class Reply:
-    """Give ``client`` (its public key) the certificate of its request."""
+    """Give ``client`` (its public key) the certificates of its requests ``items``, ``(leaf
+    index, entry)`` of the committed ``tree``: one signed REPLY for all of them."""
 
     client: bytes
-    certificate: Certificate
+    tree: CommittedTree
+    items: tuple[tuple[int, RequestEntry], ...]
+
+    @property
+    def certificates(self) -> list[Certificate]:
+        return [self.tree.certificate(index, entry) for index, entry in self.items]
 
 
 @dataclass(frozen=True)

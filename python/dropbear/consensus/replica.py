@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from dropbear import _core
 from dropbear import limits as L
-from dropbear.certificate import build_many as build_certificates
+from dropbear.certificate import CommittedTree, commit_tree
 from dropbear.consensus import proofs
 from dropbear.consensus.events import (
     Action,
@@ -62,6 +62,7 @@ from dropbear.wire import (
     PrePrepare,
     Proposal,
     Request,
+    RequestEntry,
     RequestHeader,
     Statement,
     ViewChange,
@@ -298,7 +299,11 @@ class Replica:
         (counted as for a held-back batch, ``_short`` = (1, 0)), new votes and requests do not
         assemble again; timers, executions, prepared batches and updates still do."""
         self._proposing = False
-        self._replies: OrderedDict[tuple[bytes, int], Certificate] = OrderedDict()
+        self._replies: OrderedDict[
+            tuple[bytes, int], tuple[CommittedTree, tuple[int, RequestEntry]]
+        ] = OrderedDict()
+        """(client, request id) -> the tree and (leaf index, entry) of a recently executed
+        request, for a client that asks again (MAX_REPLY_CACHE)."""
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.convicted: set[int] = set()
         self.evidence_kept = 0
@@ -333,7 +338,8 @@ class Replica:
 
     def cached_certificate(self, client: bytes, request_id: int) -> Certificate | None:
         """The certificate of a recently executed request (bounded by MAX_REPLY_CACHE)."""
-        return self._replies.get((client, request_id))
+        cached = self._replies.get((client, request_id))
+        return None if cached is None else cached[0].certificate(*cached[1])
 
     def start(self) -> list[Action]:
         """Actions to run once when the node starts (or restarts)."""
@@ -586,8 +592,8 @@ class Replica:
                 retransmitted = True
                 continue
             cached = self._replies.get((head.client, head.request_id))
-            if cached is not None and cached.entry.request == digest:
-                self._out.append(Reply(head.client, cached))
+            if cached is not None and cached[1][1].request == digest:
+                self._out.append(Reply(head.client, cached[0], (cached[1],)))
                 continue
             if not self.state.fresh(head.client, head.request_id):
                 refuse_with(head, f"request id {head.request_id} was ordered already or is "
@@ -1320,16 +1326,21 @@ class Replica:
                 continue
             certified.append((i, entry))
             self._forget_request(entry.request, entry.client)
-        if not self._replaying:
-            certs = build_certificates(
-                self.gid, cb.view, cb.seq, derived.leaves, certified, cb.commits
-            )
-            for cert in certs:
-                entry = cert.entry
-                self._replies[(entry.client, entry.request_id)] = cert
-                replies.append(Reply(entry.client, cert))
-            while len(self._replies) > L.MAX_REPLY_CACHE:
-                self._replies.popitem(last=False)
+        if not self._replaying and certified:
+            tree = commit_tree(self.gid, cb.view, cb.seq, derived.leaves, cb.commits)
+            by_client: dict[bytes, list[tuple[int, RequestEntry]]] = {}
+            cache = self._replies
+            for item in certified:
+                entry = item[1]
+                cache[(entry.client, entry.request_id)] = (tree, item)
+                mine = by_client.get(entry.client)
+                if mine is None:
+                    by_client[entry.client] = [item]
+                else:
+                    mine.append(item)
+            replies = [Reply(client, tree, tuple(items)) for client, items in by_client.items()]
+            while len(cache) > L.MAX_REPLY_CACHE:
+                cache.popitem(last=False)
         certified = [entry for _, entry in certified]
         for client in {e.client for e in certified}:
             for digest in list(self._by_client.get(client, ())):
