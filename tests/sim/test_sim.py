@@ -4,6 +4,7 @@ A failure names its seed; rerun it alone with ``python -m tests.sim --seed N``.
 """
 
 import pytest
+from dropbear.limits import MAX_INFLIGHT_PER_CLIENT
 
 from .scenario import ROLES, run
 
@@ -768,3 +769,32 @@ def test_a_request_sent_again_after_its_execution_gets_its_certificate_again():
         actions = node.replica.handle(ClientRequest([other]))
         assert not [a for a in actions if isinstance(a, Reply)]
         assert [a.request_id for a in actions if isinstance(a, Refuse)] == [1]
+
+
+def test_requests_whose_ids_were_used_or_left_the_window_are_forgotten():
+    """A node forgets a pending request once it can never be ordered: another request with
+    its id was executed, or the client's replay window moved past its id."""
+    from dropbear.consensus import ClientRequest
+    from dropbear.wire import Request
+
+    from .world import World
+
+    world = World(seed=12)
+    client = world.clients[0]
+    gid = world.manifest.group_id
+    one, twin = (Request.create(client.key, gid, 1, "uint8", (8,), data)
+                 for data in (b"the one!", b"its twin"))  # one id, two requests: one is ordered
+    below = Request.create(client.key, gid, 2, "uint8", (8,), b"only one")  # id 2, one node
+    world.at(0.0, lambda: [world.deliver(n, ClientRequest([one, twin])) for n in world.nodes])
+    world.at(0.0, lambda: world.deliver(world.nodes[1], ClientRequest([below])))
+    world.run_until(5.0)
+    assert [node.replica.executed for node in world.nodes] == [1] * 4
+    # Id 2 has one vote and can never be ordered, but its id is still within the window.
+    assert [node.replica.pending_requests for node in world.nodes] == [0, 1, 0, 0]
+    client.next_id = 2 + MAX_INFLIGHT_PER_CLIENT  # the window moves past id 2
+    world.submit(0)
+    world.run_until(world.now + 5.0, stop=world.all_certified)
+    assert world.all_certified()
+    world.run_until(world.now + 1.0)  # every node executes it
+    assert [node.replica.executed for node in world.nodes] == [2] * 4
+    assert [node.replica.pending_requests for node in world.nodes] == [0] * 4

@@ -267,7 +267,8 @@ class Replica:
         self.next_seq = 1
         # requests, votes, updates
         self._requests: OrderedDict[bytes, Request] = OrderedDict()
-        self._by_client: dict[bytes, set[bytes]] = {}
+        self._by_client: dict[bytes, dict[bytes, int]] = {}
+        """client -> its accepted requests not executed yet: digest -> request id."""
         self._votes: OrderedDict[bytes, _Votes] = OrderedDict()
         self._voted: OrderedDict[bytes, None] = OrderedDict()
         """Requests with votes from 2f+1 nodes (of any version), in the order they got them
@@ -622,7 +623,8 @@ class Replica:
         accepted = tuple(r for i, r in enumerate(candidates) if i not in bad)
         for request in accepted:
             self._requests[request.digest] = request
-            self._by_client.setdefault(request.header.client, set()).add(request.digest)
+            head = request.header
+            self._by_client.setdefault(head.client, {})[request.digest] = head.request_id
         if accepted:
             self._out.append(RequestInference(accepted, self.state.versions[self.me]))
         if accepted or retransmitted:
@@ -1342,10 +1344,12 @@ class Replica:
             while len(cache) > L.MAX_REPLY_CACHE:
                 cache.popitem(last=False)
         certified = [entry for _, entry in certified]
+        windows = self.state.clients
         for client in {e.client for e in certified}:
-            for digest in list(self._by_client.get(client, ())):
-                head = self._requests[digest].header
-                if not self.state.fresh(head.client, head.request_id):
+            pending, window = self._by_client.get(client), windows.get(client)
+            if pending and window is not None:  # ids this batch used, or left below the window
+                low, used = window.low, window.ordered
+                for digest in [d for d, rid in pending.items() if rid < low or rid in used]:
                     self._forget_request(digest, client)
         updates = tuple(derived.updates[i] for i in valid_updates)
         for update in updates:
@@ -1379,7 +1383,7 @@ class Replica:
         self._expired.discard(digest)
         pending = self._by_client.get(client)
         if pending is not None:
-            pending.discard(digest)
+            pending.pop(digest, None)
             if not pending:
                 del self._by_client[client]
 
