@@ -3,7 +3,9 @@
 ``derive`` runs for every batch on every node (the primary when it proposes, each backup
 when it checks a PRE-PREPARE): it must give exactly ``agreement.make_entry``'s entries and
 encodings (tests/test_consensus_state.py), built in line instead of one reference call per
-request.
+request. Executing the batch on the group state (``GroupState.apply``, and ``after`` when a
+node projects it) is measured the same way, beside ``entry_problem`` and ``apply_entry``
+per entry.
 
     .venv/bin/python -m pytest benches/bench_replica.py --benchmark-enable -q
 """
@@ -15,7 +17,7 @@ import random
 import pytest
 from dropbear import _core
 from dropbear.agreement import make_entry
-from dropbear.consensus.state import derive
+from dropbear.consensus.state import GroupState, derive
 from dropbear.manifest import Manifest, NodeInfo
 from dropbear.wire import Batch, EntryVote, Request, Vote, Votes
 
@@ -72,3 +74,32 @@ def test_derive_reference_make_entry(benchmark, role, saturated_batch):
 
     leaves = benchmark(reference)
     assert leaves == derive(batch, manifest).leaves
+
+
+def test_apply_dropbear(benchmark, role, saturated_batch):
+    """Executing the batch on the group state (and, as ``after``, projecting it): one loop
+    over the entries. Each run starts from a copy of the same state."""
+    role("dropbear")
+    benchmark.group = f"apply a batch of {N_REQUESTS} entries to the group state"
+    manifest, batch, _ = saturated_batch
+    derived, base = derive(batch, manifest), GroupState.genesis(manifest)
+    valid, _ = benchmark(lambda: base.copy().apply(derived, 1, bytes(32)))
+    assert len(valid) == N_REQUESTS
+
+
+def test_apply_reference_one_by_one(benchmark, role, saturated_batch):
+    """Baseline: GroupState.entry_problem and apply_entry per entry."""
+    role("baseline")
+    benchmark.group = f"apply a batch of {N_REQUESTS} entries to the group state"
+    manifest, batch, _ = saturated_batch
+    derived, base = derive(batch, manifest), GroupState.genesis(manifest)
+
+    def reference():
+        state, valid = base.copy(), []
+        for i, entry in enumerate(derived.entries):
+            if state.entry_problem(entry) is None:
+                state.apply_entry(entry)
+                valid.append(i)
+        return valid
+
+    assert len(benchmark(reference)) == N_REQUESTS

@@ -44,6 +44,58 @@ def test_copies_are_independent_whichever_side_moves(steps):
         assert windows(copy) == seen
 
 
+THREE_CLIENTS = [GROUP.node_keys[i] for i in range(3)]
+
+
+def varied_entry(client: int, request_id: int, stale_node: int | None):
+    head = Request.create(THREE_CLIENTS[client], M.group_id, request_id, "uint8", (1,),
+                          b"\x00").header
+    votes = [EntryVote(n, bytes(32) if n == stale_node else M.nodes[n].model_version, 0, 1.0)
+             for n in range(3)]
+    return make_entry(head, votes, M.threshold)
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 150),
+                                st.one_of(st.none(), st.integers(0, 4))), max_size=30),
+       history=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 150)), max_size=6),
+       max_clients=st.integers(1, 3))
+def test_a_batch_applies_as_its_entries_one_by_one(batch, history, max_clients):
+    """apply and after take a batch's entries as entry_problem and apply_entry would, one by
+    one: the same entries valid, the same windows in the same order (clients evicted beyond
+    MAX_CLIENTS), the same first problem."""
+    from dropbear.consensus import state as state_module
+    from dropbear.consensus.state import Derived
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_module, "MAX_CLIENTS", max_clients)
+        base = GroupState.genesis(M)
+        for client, request_id in history:
+            base.apply_entry(varied_entry(client, request_id, None))
+        entries = tuple(varied_entry(*step) for step in batch)
+        derived = Derived(entries, (), ())
+
+        reference, valid, problem = base.copy(), [], None
+        for i, e in enumerate(entries):
+            why = reference.entry_problem(e)
+            if why is None:
+                reference.apply_entry(e)
+                valid.append(i)
+            elif problem is None:
+                problem = why
+
+        projected = base.copy().after(derived, 9, bytes(32))
+        if problem is None:
+            assert windows(projected) == windows(reference)
+            assert list(projected.clients) == list(reference.clients)
+        else:
+            assert projected == problem
+        applied = base.copy()
+        assert applied.apply(derived, 9, bytes(32)) == (valid, [])
+        assert windows(applied) == windows(reference)
+        assert list(applied.clients) == list(reference.clients)
+
+
 def test_a_used_id_is_not_fresh_and_the_window_slides():
     state = GroupState.genesis(M)
     key = CLIENTS[0].public_key

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dropbear import _core
@@ -282,11 +283,8 @@ class GroupState:
 
         Returns the indices of the valid entries and of the valid updates.
         """
-        valid_entries = []
-        for i, entry in enumerate(derived.entries):
-            if self.entry_problem(entry) is None:
-                self.apply_entry(entry)
-                valid_entries.append(i)
+        valid_entries = self._apply_entries(derived.entries, strict=False)
+        assert not isinstance(valid_entries, str)
         valid_updates = []
         for i, update in enumerate(derived.updates):
             if self.update_problem(update) is None:
@@ -300,11 +298,9 @@ class GroupState:
         """The state after batch ``seq`` if all of it is valid at this state (strict, for
         backups: the same state :meth:`apply` gives then), else why it is not."""
         probe = self.copy()
-        for entry in derived.entries:
-            problem = probe.entry_problem(entry)
-            if problem:
-                return problem
-            probe.apply_entry(entry)
+        problem = probe._apply_entries(derived.entries, strict=True)
+        if isinstance(problem, str):
+            return problem
         for update in derived.updates:
             problem = probe.update_problem(update)
             if problem:
@@ -313,6 +309,41 @@ class GroupState:
         probe.seq = seq
         probe.digest = _chain(self.digest, seq, root)
         return probe
+
+    def _apply_entries(self, entries: Sequence[RequestEntry], strict: bool) -> list[int] | str:
+        """:meth:`apply_entry` for each entry without an :meth:`entry_problem`, in order (one
+        loop, for every batch on every node); the indices of those applied, or (``strict``)
+        the first problem."""
+        clients, owned, versions = self.clients, self._owned, self.versions
+        applied = []
+        for i, entry in enumerate(entries):
+            client, request_id = entry.client, entry.request_id
+            window = clients.get(client)
+            if window is not None and (request_id < window.low or request_id in window.ordered):
+                if strict:
+                    return f"request id {request_id} of client {client.hex()[:16]} was used"
+                continue
+            for vote in entry.votes:
+                if vote[1] != versions[vote[0]]:
+                    break
+            else:
+                vote = None
+            if vote is not None:
+                if strict:
+                    return f"vote of node {vote.node} from model {vote.model_version.hex()[:16]}"
+                continue
+            if window is None:
+                window = clients[client] = ClientWindow()
+                while len(clients) > MAX_CLIENTS:
+                    owned.discard(clients.popitem(last=False)[0])
+            else:
+                if client not in owned:
+                    window = clients[client] = window.copy()
+                clients.move_to_end(client)  # most recently used last
+            owned.add(client)
+            window.use(request_id)
+            applied.append(i)
+        return applied
 
 
 def _chain(digest: bytes, seq: int, root: bytes) -> bytes:
