@@ -21,3 +21,21 @@ def test_window_matches_its_definition(ids: list[int]) -> None:
             assert window.fresh(probe) == (probe >= low and probe not in used), probe
         assert all(i >= window.low for i in window.ordered)
         assert len(window.ordered) <= W
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**63), st.sets(st.integers(0, W - 1), max_size=W))
+def test_a_window_holds_its_ordered_ids_as_bits(low: int, offsets: set[int]) -> None:
+    ids = sorted(low + i for i in offsets)
+    window = ClientWindow.of(low, reversed(ids))
+    assert window.ordered == ids
+    assert window.copy() == window and window.copy() is not window
+    assert all(not window.fresh(i) for i in ids)
+    assert window.bits.bit_length() <= W  # a few dozen bytes, whatever the ids
+
+
+def test_a_window_refuses_an_ordered_id_below_its_low() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="ordered id 4 below the window's low 5"):
+        ClientWindow.of(5, [7, 4])

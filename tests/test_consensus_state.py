@@ -3,6 +3,7 @@
 import pytest
 from dropbear.agreement import make_entry
 from dropbear.consensus.state import ClientWindow, GroupState
+from dropbear.limits import MAX_INFLIGHT_PER_CLIENT as W
 from dropbear.wire import EntryVote, ModelUpdate, Request, WireError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -291,9 +292,9 @@ def test_a_state_snapshot_of_another_group_size_is_refused():
 
 
 @pytest.mark.parametrize("window, message", [
-    (ClientWindow(0, set()), "not increasing within"),  # no id: never made by use()
-    (ClientWindow(0, {100}), "not increasing within its window 0..63"),  # above the window
-    (ClientWindow(5, {10}), "window low 5 without id 68"),  # low that no id set
+    (ClientWindow.of(0, []), "not increasing within"),  # no id: never made by use()
+    (ClientWindow.of(0, [W + 36]), f"not increasing within its window 0..{W - 1}"),  # above
+    (ClientWindow.of(5, [10]), f"window low 5 without id {W + 4}"),  # low that no id set
 ])
 def test_a_state_snapshot_no_replay_makes_is_refused(window, message):
     state = GroupState.genesis(M)

@@ -1348,8 +1348,8 @@ class Replica:
         for client in {e.client for e in certified}:
             pending, window = self._by_client.get(client), windows.get(client)
             if pending and window is not None:  # ids this batch used, or left below the window
-                low, used = window.low, window.ordered
-                for digest in [d for d, rid in pending.items() if rid < low or rid in used]:
+                fresh = window.fresh
+                for digest in [d for d, rid in pending.items() if not fresh(rid)]:
                     self._forget_request(digest, client)
         updates = tuple(derived.updates[i] for i in valid_updates)
         for update in updates:

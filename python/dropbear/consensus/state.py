@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dropbear import _core
@@ -130,27 +130,44 @@ def _most_then_lowest(item: tuple[int, int]) -> tuple[int, int]:
 
 @dataclass
 class ClientWindow:
-    """A client's replay window: ids below ``low`` and those in ``ordered`` are used."""
+    """A client's replay window: ids below ``low`` and those ordered are used. Bit ``i`` of
+    ``bits`` is set when id ``low + i`` was ordered; :meth:`use` keeps the highest ordered
+    id within MAX_INFLIGHT_PER_CLIENT of ``low``, so a window is a few dozen bytes whatever
+    the limit."""
 
     low: int = 0
-    ordered: set[int] = field(default_factory=set)
+    bits: int = 0
+
+    @classmethod
+    def of(cls, low: int, ordered: Iterable[int]) -> ClientWindow:
+        """The window of ``low`` whose ordered ids (none below ``low``) are ``ordered``."""
+        bits = 0
+        for request_id in ordered:
+            if request_id < low:
+                raise ValueError(f"ordered id {request_id} below the window's low {low}")
+            bits |= 1 << (request_id - low)
+        return cls(low, bits)
+
+    @property
+    def ordered(self) -> list[int]:
+        """The ordered ids at or above ``low``, increasing."""
+        bits, low = self.bits, self.low
+        return [low + i for i in range(bits.bit_length()) if bits >> i & 1]
 
     def fresh(self, request_id: int) -> bool:
-        return request_id >= self.low and request_id not in self.ordered
+        return request_id >= self.low and not self.bits >> (request_id - self.low) & 1
 
     def use(self, request_id: int) -> None:
-        self.ordered.add(request_id)
+        if request_id < self.low:
+            return  # used already: below the window
         low = request_id - MAX_INFLIGHT_PER_CLIENT + 1
-        if low > self.low:
-            if low - self.low <= MAX_INFLIGHT_PER_CLIENT:  # slide: drop the ids passed
-                for passed in range(self.low, low):
-                    self.ordered.discard(passed)
-            else:
-                self.ordered = {i for i in self.ordered if i >= low}
+        if low > self.low:  # slide: the ids passed drop out
+            self.bits >>= low - self.low
             self.low = low
+        self.bits |= 1 << (request_id - self.low)
 
     def copy(self) -> ClientWindow:
-        return ClientWindow(self.low, set(self.ordered))
+        return ClientWindow(self.low, self.bits)
 
 
 _WINDOW_HEAD = struct.Struct(">32sQH")
@@ -213,7 +230,7 @@ class GroupState:
             w.u64(counter)
         w.u32(len(self.clients))
         for client, window in self.clients.items():
-            ids = sorted(window.ordered)
+            ids = window.ordered
             w.record(_WINDOW_HEAD, "client window", client, window.low, len(ids))
             for request_id in ids:
                 w.u64(request_id)
@@ -253,7 +270,7 @@ class GroupState:
             if low > 0 and ids[-1] != top:
                 raise WireError(f"client {client.hex()[:16]}: window low {low} without id "
                                 f"{top}")
-            clients[client] = ClientWindow(low, set(ids))
+            clients[client] = ClientWindow.of(low, ids)
         r.end("state snapshot")
         return cls(versions, counters, clients, seq, digest)
 
@@ -319,7 +336,8 @@ class GroupState:
         for i, entry in enumerate(entries):
             client, request_id = entry.client, entry.request_id
             window = clients.get(client)
-            if window is not None and (request_id < window.low or request_id in window.ordered):
+            if window is not None and (request_id < window.low
+                                       or window.bits >> (request_id - window.low) & 1):
                 if strict:
                     return f"request id {request_id} of client {client.hex()[:16]} was used"
                 continue
