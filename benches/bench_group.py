@@ -91,10 +91,14 @@ ORDERING_LOADS = (256, 512, 768)
 """Requests outstanding in the ordering-cost sweep. A closed loop of N keeps N requests in
 flight; how many the group can batch per PRE-PREPARE, and so how many protocol messages,
 signatures and fsyncs each request shares, grows with N until the CPU is saturated (256:
-about 81 requests a batch, 512: about 145, in the nineteenth round). The group's client
-holds 12 keys; a load of N uses ceil(N / 64) of them (64 in flight each, loadgen.drive)."""
+about 81 requests a batch, 512: about 145, in the nineteenth round). A load of N uses
+ceil(N / 256) client keys (256 in flight each, MAX_INFLIGHT_PER_CLIENT; loadgen.drive)."""
 
-NULL_GROUP = f"group:n=4,null=1,clients={keys_for(max(ORDERING_LOADS))}"
+MANY_KEYS_PER_KEY = 64
+"""In flight per key in the many-clients run: the largest load from 12 keys instead of 3
+(64 was MAX_INFLIGHT_PER_CLIENT until the twentieth round)."""
+
+NULL_GROUP = f"group:n=4,null=1,clients={keys_for(max(ORDERING_LOADS), MANY_KEYS_PER_KEY)}"
 
 
 @pytest.mark.parametrize("outstanding", ORDERING_LOADS)
@@ -105,6 +109,19 @@ def test_ordering_cost_null_model(benchmark, role, targets, inputs, side, outsta
     benchmark.group = f"ordering cost (null model, n=4, closed {outstanding})"
     target = targets("plain:n=4,null=1" if side == "baseline" else NULL_GROUP)
     measure(benchmark, role, side, target, inputs, closed=outstanding, requests=20_000)
+
+
+@pytest.mark.parametrize("side", ["baseline", "dropbear"])
+def test_ordering_cost_many_clients(benchmark, role, targets, inputs, side):
+    """The sweep's largest load from four times as many client keys (12 of 64 in flight
+    each): every key costs the group a signed REPLY per batch and node, and its client a
+    check of each batch's commit signatures."""
+    outstanding = max(ORDERING_LOADS)
+    benchmark.group = (f"ordering cost (null model, n=4, closed {outstanding}, "
+                       f"{keys_for(outstanding, MANY_KEYS_PER_KEY)} client keys)")
+    target = targets("plain:n=4,null=1" if side == "baseline" else NULL_GROUP)
+    measure(benchmark, role, side, target, inputs, closed=outstanding,
+            per_key=MANY_KEYS_PER_KEY, requests=20_000)
 
 
 # --- overhead against unreplicated serving: digit models ------------------------------------
@@ -161,13 +178,13 @@ def test_three_sites(benchmark, role, targets, inputs, side):
     """A null-model group of 4 over 3 "sites" (node K at site K mod 3, frames between sites
     held 20 ms) against the same group on plain loopback: throughput must hold.
 
-    Both sides keep 1,024 requests outstanding (16 client keys): a closed loop caps
+    Both sides keep 1,024 requests outstanding (4 client keys): a closed loop caps
     throughput at outstanding / latency, and the sites' round trips add latency. With 512
     outstanding the sites group answered in about 0.2 s, so its window capped it near
     2,500 req/s while loopback was CPU-bound; that measured the load generator's window, not
     whether the pipeline hides the distance (benches/HISTORY.md, "Fourteenth round").
     """
     benchmark.group = "three sites (null model, n=4, 20 ms between sites)"
-    key = "group:n=4,null=1,clients=16" + ("" if side == "baseline" else ",delay=0.02")
+    key = "group:n=4,null=1,clients=4" + ("" if side == "baseline" else ",delay=0.02")
     measure(benchmark, role, side, targets(key), inputs, closed=1024, requests=5000)
     _targets.pop(key).close()  # 4 more processes on 2 cores: free them

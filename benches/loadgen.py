@@ -106,6 +106,8 @@ class LoadResult:
     votes: list[int] = field(default_factory=list, repr=False)
     """For a group: how many nodes' votes each certified entry carries (2f+1 to n; fewer
     than n when a node's vote came after the vote wait)."""
+    keys: int = 0
+    """Client keys the load used."""
 
     @property
     def throughput(self) -> float:
@@ -129,7 +131,7 @@ class LoadResult:
             "server_cpu_ms_per_request": round(1e3 * self.server_cpu_s / max(1, self.completed),
                                                3),
             "completed": self.completed, "errors": self.errors, "shed": self.shed,
-            "window_s": round(self.window_s, 3),
+            "window_s": round(self.window_s, 3), "client_keys": self.keys,
             "votes_per_certificate": (round(float(np.mean(self.votes)), 3) if self.votes
                                       else None),
         }
@@ -140,14 +142,17 @@ class LoadResult:
                 f"{s['throughput_rps']:>8.1f} req/s  p50 {s['p50_ms']:>7.1f} ms  "
                 f"p95 {s['p95_ms']:>7.1f} ms  p99 {s['p99_ms']:>7.1f} ms  "
                 f"cpu {s['cpu_ms_per_request']:>6.2f} ms/req  errors {self.errors} "
-                f"shed {self.shed}"
+                f"shed {self.shed}  keys {self.keys}"
                 + (f"  votes {s['votes_per_certificate']:.2f}" if self.votes else ""))
 
 
-def keys_for(outstanding: int) -> int:
-    """Client keys a closed loop of ``outstanding`` requests uses: MAX_INFLIGHT_PER_CLIENT
-    (64) in flight each, at least one."""
-    return max(1, -(-outstanding // MAX_INFLIGHT_PER_CLIENT))
+def keys_for(outstanding: int, per_key: int = MAX_INFLIGHT_PER_CLIENT) -> int:
+    """Client keys a closed loop of ``outstanding`` requests uses: ``per_key`` in flight
+    each (at most MAX_INFLIGHT_PER_CLIENT, 256, the most a node accepts), at least one."""
+    if not 0 < per_key <= MAX_INFLIGHT_PER_CLIENT:
+        raise ValueError(f"{per_key} requests in flight per key: give 1.."
+                         f"{MAX_INFLIGHT_PER_CLIENT} (MAX_INFLIGHT_PER_CLIENT)")
+    return max(1, -(-outstanding // per_key))
 
 
 async def drive(
@@ -161,6 +166,7 @@ async def drive(
     requests: int | None = None,
     warmup: float = 1.0,
     max_outstanding: int | None = None,
+    per_key: int = MAX_INFLIGHT_PER_CLIENT,
     server_pids: Sequence[int] = (),
     progress: bool = True,
     drain: float = 2.0,
@@ -170,21 +176,22 @@ async def drive(
     ``closed=N``: N workers, each sending its next request when the last was answered.
     ``rate=R``: requests are started R per second on schedule (at most ``max_outstanding``
     in flight; past it a send is shed and counted). ``infers`` are the clients, used round
-    robin: a Dropbear client holds at most MAX_INFLIGHT_PER_CLIENT (64) requests in flight,
-    so a closed loop of N uses the first ``ceil(N / 64)`` of them (give at least that many)
-    and an open loop all. Fewer keys than that would cap the load; more would spread each
-    batch's certificates over more REPLYs, one per client and batch (12 keys instead of 4 at
-    N = 256 cost 7% of the throughput). After ``warmup`` seconds the measuring window opens;
-    it closes after ``duration`` seconds or once ``requests`` requests were answered in it.
+    robin: a closed loop of N uses the first ``ceil(N / per_key)`` of them (give at least
+    that many; ``per_key`` defaults to MAX_INFLIGHT_PER_CLIENT, 256, the most a Dropbear
+    client may have in flight) and an open loop all. Fewer keys than that would cap the load;
+    more spread each batch's certificates over more REPLYs, one per client and batch (12 keys
+    of 64 instead of 3 of 256 at N = 768 cost 8% of the throughput). After ``warmup``
+    seconds the measuring window opens; it closes after ``duration`` seconds or once
+    ``requests`` requests were answered in it.
     """
     if (closed is None) == (rate is None):
         raise ValueError("give exactly one of closed= (outstanding) or rate= (offered req/s)")
     if closed is not None:
-        infers = infers[:keys_for(closed)]
+        infers = infers[:keys_for(closed, per_key)]
     if max_outstanding is None:
-        max_outstanding = MAX_INFLIGHT_PER_CLIENT * len(infers)
+        max_outstanding = per_key * len(infers)
     mode, load = ("closed", float(closed)) if closed is not None else ("open", float(rate))
-    result = LoadResult(target, mode, load, 0.0, 0)
+    result = LoadResult(target, mode, load, 0.0, 0, keys=len(infers))
     t0 = trio.current_time()
     window_open = t0 + warmup
     window_close = window_open + duration
@@ -507,8 +514,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--site-delay", type=float, default=0.0,
                         help="seconds between nodes at different sites (node K at site K mod 3)")
     parser.add_argument("--clients", type=int,
-                        help="client keys (64 in flight each; default: enough for the largest "
-                             "closed loop, at least 4)")
+                        help="client keys (default: enough for the largest closed loop at "
+                             "--per-key each, at least 4)")
+    parser.add_argument("--per-key", type=int, default=MAX_INFLIGHT_PER_CLIENT,
+                        help="closed loops: requests in flight per client key (default and "
+                             "most: MAX_INFLIGHT_PER_CLIENT, 256); fewer means more keys")
     parser.add_argument("--answers", type=int, help="plain: answers a request waits for "
                                                     "(default: every server)")
     parser.add_argument("--dir", type=Path, help="attach: the running group's directory")
@@ -521,7 +531,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     if args.clients is None:
-        args.clients = max(4, keys_for(max(args.closed or [0])))
+        args.clients = max(4, keys_for(max(args.closed or [0]), args.per_key))
     if args.target == "group":
         target: Target = GroupTarget(nodes=args.nodes, null_model=args.null_model,
                                      site_delay=args.site_delay, clients=args.clients,
@@ -540,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{target.name}: ready in {time.perf_counter() - started:.0f} s; server pids "
               f"{target.pids()}")
         for mode, value in loads:
-            kwargs = {"closed": int(value)} if mode == "closed" else {"rate": value}
+            kwargs = ({"closed": int(value), "per_key": args.per_key} if mode == "closed"
+                      else {"rate": value})
             result = target.run(inputs, duration=args.duration, requests=args.requests,
                                 warmup=args.warmup, progress=not args.no_progress, **kwargs)
             print(result.line(), flush=True)

@@ -100,12 +100,13 @@ def test_a_batch_applies_as_its_entries_one_by_one(batch, history, max_clients):
 def test_a_used_id_is_not_fresh_and_the_window_slides():
     state = GroupState.genesis(M)
     key = CLIENTS[0].public_key
-    for request_id in range(100, 170):
+    top = 100 + W + 5
+    for request_id in range(100, top + 1):
         assert state.fresh(key, request_id)
         state.apply_entry(entry(0, request_id))
         assert not state.fresh(key, request_id)
     assert not state.fresh(key, 100)  # below the window now
-    assert state.clients[key].low == 169 - 64 + 1
+    assert state.clients[key].low == top - W + 1
 
 
 def _slot(seq: int, requests: list[int]):

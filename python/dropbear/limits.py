@@ -104,8 +104,13 @@ MAX_BATCH_UPDATES = MAX_NODES
 """Most MODEL-UPDATEs in one PRE-PREPARE."""
 MAX_LABEL = 2**31 - 1
 """Largest class label a vote may carry."""
-MAX_INFLIGHT_PER_CLIENT = 64
-"""Requests of one client accepted but not yet ordered."""
+MAX_INFLIGHT_PER_CLIENT = 256
+"""Requests of one client accepted but not yet ordered (and the width of its replay window:
+ids more than this far below its highest ordered one are refused). Enough for one client to
+keep a saturated group busy: at 4,000-5,000 certified req/s on loopback a request takes
+100-150 ms, so 64 held a client to about 500 req/s; and every client costs the group a signed
+REPLY per batch and node, so fewer clients that pipeline deeper cost less per request (see
+benches/HISTORY.md, "Twentieth round"). A window is an int of this many bits."""
 MAX_CLIENTS = 10_000
 """Clients with requests in flight or a remembered last request id in the replay table."""
 MAX_PENDING_REQUESTS = 8192
