@@ -8,8 +8,9 @@ included), benches/results/throughput_vs_offered.png and benches/results/latency
 
 The rates go past the certified group's capacity, so the plot shows where it stops keeping
 0.8 of the unreplicated servers' answers at the same offered load. Both sides use 8 client
-keys (up to 512 requests in flight), so that the load generator's window does not shed
-what the group could still answer.
+keys and at most 512 requests in flight (MAX_OUTSTANDING), so that the load generator's
+window does not shed what the group could still answer, and past saturation what would
+exceed it is shed (counted) rather than queued without end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP = RESULTS / "sweep.jsonl"
 RATES = (50, 100, 200, 300, 450, 600, 900, 1200, 1600, 2000, 2400)
 CLIENT_KEYS = 8
+MAX_OUTSTANDING = 512
 CDF_RATE = 100
 
 
@@ -41,7 +43,8 @@ def sweep(rates: tuple[float, ...], duration: float) -> None:
             with make() as target:
                 for rate in rates:
                     result = target.run(inputs, rate=float(rate), duration=duration,
-                                        warmup=1.5, progress=False, drain=1.0)
+                                        warmup=1.5, progress=False, drain=1.0,
+                                        max_outstanding=MAX_OUTSTANDING)
                     print(result.line(), flush=True)
                     out.write(json.dumps({**result.summary(), "latencies": [
                         round(x, 6) for x in result.latencies]}) + "\n")
