@@ -696,43 +696,47 @@ class Replica:
         # Only the primary holding a batch back counts (see _after_new_work).
         counting = self.active and self.primary == self.me and self._short is not None
         versions = self._countable_versions() if counting else None
-        for vote in message.votes:
-            if ordered is not None and vote.request not in ordered \
-                    and vote.request not in self._votes:
-                continue
-            known = self._votes.get(vote.request)
+        version = message.model_version
+        current = version == self.state.versions[node]  # (a vote of it replaces another)
+        all_votes, voted, unproposed = self._votes, self._voted, self._unproposed
+        in_slots = self._slots.requests
+        for request, label, score in message.votes:
+            known = all_votes.get(request)
             if known is None:
-                if len(self._votes) >= L.MAX_PENDING_REQUESTS:
-                    evicted = self._votes.popitem(last=False)[0]
-                    self._voted.pop(evicted, None)
-                    self._unproposed.pop(evicted, None)
+                if ordered is not None and request not in ordered:
+                    continue
+                if len(all_votes) >= L.MAX_PENDING_REQUESTS:
+                    evicted = all_votes.popitem(last=False)[0]
+                    voted.pop(evicted, None)
+                    unproposed.pop(evicted, None)
                     self._released.discard(evicted)
-                known = self._votes[vote.request] = _Votes()
-            old = known.by_node.get(node)
-            if old is not None and old[0].model_version == message.model_version:
-                if (old[1], old[2]) != (vote.label, vote.score):
+                known = all_votes[request] = _Votes()
+            by_node = known.by_node
+            old = by_node.get(node)
+            if old is not None and old[0].model_version == version:
+                if (old[1], old[2]) != (label, score):
                     self._evidence(Evidence.of_votes(old[0], message))
                     return
                 continue
-            if old is None or message.model_version == self.state.versions[node]:
-                known.by_node[node] = (message, vote.label, vote.score)
-                count = len(known.by_node)
+            if old is None or current:
+                by_node[node] = (message, label, score)
+                count = len(by_node)
                 if count >= quorum:
-                    self._voted[vote.request] = None
-                    if vote.request not in self._slots.requests:
-                        self._unproposed[vote.request] = None
+                    voted[request] = None
+                    if request not in in_slots:
+                        unproposed[request] = None
                     if not counting:
                         continue
                     if versions is None or any(m.model_version != versions[voter]
-                                               for voter, (m, _, _) in known.by_node.items()):
+                                               for voter, (m, _, _) in by_node.items()):
                         wake = True  # some votes may not count: let the batcher look
                     elif old is not None:
                         wake = True  # a vote of another version replaced: look again
-                    elif count >= n or vote.request in self._expired:
+                    elif count >= n or request in self._expired:
                         orderable += 1  # it may go in the next batch now
-                    elif count == quorum and vote.request in self._requests:
+                    elif count == quorum and request in self._requests:
                         # Its wait for the rest starts now, as the batcher would start it.
-                        self._waiting.add(vote.request)
+                        self._waiting.add(request)
                         wait = True
         if wait and VOTE_WAIT not in self._running:
             self._set_timer(VOTE_WAIT, self.config.vote_wait)

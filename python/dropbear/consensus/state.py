@@ -78,17 +78,16 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
         node, version = message.node, message.model_version
         if message.group_id != gid or node >= manifest.n:
             raise BatchError(f"VOTES of node {node} is not of this group")
-        for vote in message.votes:
-            votes = by_request.get(vote.request)
+        for request, label, score in message.votes:
+            votes = by_request.get(request)
             if votes is None:
-                by_request[vote.request] = {
-                    node: new_vote(EntryVote, (node, version, vote.label, vote.score))}
+                by_request[request] = {node: new_vote(EntryVote, (node, version, label, score))}
                 continue
             known = votes.get(node)
             if known is None:
-                votes[node] = new_vote(EntryVote, (node, version, vote.label, vote.score))
-            elif (known[1], known[2], known[3]) != (version, vote.label, vote.score):
-                raise BatchError(f"node {node} gives two votes for {vote.request.hex()}")
+                votes[node] = new_vote(EntryVote, (node, version, label, score))
+            elif (known[1], known[2], known[3]) != (version, label, score):
+                raise BatchError(f"node {node} gives two votes for {request.hex()}")
     quorum, threshold = manifest.quorum, manifest.threshold
     pack, make = RequestEntry.pack, RequestEntry.of
     seen: set[bytes] = set()
@@ -103,7 +102,7 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
         votes = by_request.get(digest, {})
         if len(votes) < quorum:
             raise BatchError(f"request {digest.hex()} has {len(votes)} votes")
-        cast = tuple(votes[node] for node in sorted(votes))
+        cast = tuple(sorted(votes.values()))  # by node: one vote per node, so never a tie
         flat: list = []
         counts: dict[int, int] = {}
         for vote in cast:
