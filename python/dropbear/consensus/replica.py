@@ -993,36 +993,47 @@ class Replica:
         short."""
         in_flight = self._slots.requests
         quorum, n = self.manifest.quorum, self.manifest.n
-        headers, messages, used = [], {}, set()
+        headers: list[RequestHeader] = []
+        messages: dict[bytes, Votes] = {}
+        used: set[tuple[bytes, int]] = set()
         full = False
+        largest = self.config.max_batch_entries
+        requests, all_votes, expired = self._requests, self._votes, self._expired
+        versions, convicted = projected.versions, self.convicted
         for digest in self._unproposed_now():
-            if len(headers) >= self.config.max_batch_entries:
+            if len(headers) >= largest:
                 full = True
                 break
-            request = self._requests.get(digest)
+            request = requests.get(digest)
             if request is None or digest in in_flight:
                 continue  # its votes came before it, or it is proposed already
             head = request.header
-            if (head.client, head.request_id) in used:
+            key = (head.client, head.request_id)
+            if key in used or not projected.fresh(*key):
                 continue
-            if not projected.fresh(head.client, head.request_id):
+            known = all_votes.get(digest)
+            if known is None:
                 continue
-            votes = self._current_votes(digest, projected.versions)
+            # The votes that count: of the projected model version, from nodes not convicted
+            # (as _current_votes, without its dict).
+            votes = [m for node, (m, _, _) in known.by_node.items()
+                     if m.model_version == versions[node] and node not in convicted]
             if len(votes) < quorum:
                 continue
-            if len(votes) < n and digest not in self._expired:
+            if len(votes) < n and digest not in expired:
                 if digest not in self._waiting:
                     self._waiting.add(digest)
                     if VOTE_WAIT not in self._running:
                         self._set_timer(VOTE_WAIT, self.config.vote_wait)
                 continue
-            new = {m.digest: m for m in votes.values() if m.digest not in messages}
+            new = [m for m in votes if m.digest not in messages]  # one VOTES per node
             if len(messages) + len(new) > L.MAX_BATCH_VOTE_MESSAGES:
                 full = True
                 break
-            messages.update(new)
+            for m in new:
+                messages[m.digest] = m
             headers.append(head)
-            used.add((head.client, head.request_id))
+            used.add(key)
         updates = tuple(
             u
             for _, u in sorted(self._updates.items())
