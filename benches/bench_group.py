@@ -115,7 +115,8 @@ def test_ordering_cost_null_model(benchmark, role, targets, inputs, side, outsta
 def test_ordering_cost_many_clients(benchmark, role, targets, inputs, side):
     """The sweep's largest load from four times as many client keys (12 of 64 in flight
     each): every key costs the group a signed REPLY per batch and node, and its client a
-    check of each batch's commit signatures."""
+    check of each batch's commit signatures. The baseline is the plain null servers at the
+    same load again (their client is one connection per server, whatever the keys)."""
     outstanding = max(ORDERING_LOADS)
     benchmark.group = (f"ordering cost (null model, n=4, closed {outstanding}, "
                        f"{keys_for(outstanding, MANY_KEYS_PER_KEY)} client keys)")

@@ -79,7 +79,8 @@ def main() -> int:
         with make() as target:
             print(f"{target.name}: ready in {time.perf_counter() - t:.0f} s", flush=True)
             result = target.run(inputs, closed=args.outstanding * args.clients,
-                                duration=args.duration, warmup=args.warmup, progress=False)
+                                per_key=args.outstanding, duration=args.duration,
+                                warmup=args.warmup, progress=False)
             print(result.line(), flush=True)
             results.append(result)
     plain1, plain4, group = results

@@ -175,7 +175,8 @@ async def drive(
 
     ``closed=N``: N workers, each sending its next request when the last was answered.
     ``rate=R``: requests are started R per second on schedule (at most ``max_outstanding``
-    in flight; past it a send is shed and counted). ``infers`` are the clients, used round
+    in flight, by default ``per_key`` per key: 256 since the twentieth round, 64 before;
+    past it a send is shed and counted). ``infers`` are the clients, used round
     robin: a closed loop of N uses the first ``ceil(N / per_key)`` of them (give at least
     that many; ``per_key`` defaults to MAX_INFLIGHT_PER_CLIENT, 256, the most a Dropbear
     client may have in flight) and an open loop all. Fewer keys than that would cap the load;

@@ -21,6 +21,7 @@ def test_window_matches_its_definition(ids: list[int]) -> None:
             assert window.fresh(probe) == (probe >= low and probe not in used), probe
         assert all(i >= window.low for i in window.ordered)
         assert len(window.ordered) <= W
+        assert window.bits.bit_length() <= W  # a few dozen bytes, however far ids go
 
 
 @settings(max_examples=100, deadline=None)
@@ -31,7 +32,8 @@ def test_a_window_holds_its_ordered_ids_as_bits(low: int, offsets: set[int]) -> 
     assert window.ordered == ids
     assert window.copy() == window and window.copy() is not window
     assert all(not window.fresh(i) for i in ids)
-    assert window.bits.bit_length() <= W  # a few dozen bytes, whatever the ids
+    assert all(window.fresh(low + i) for i in range(W) if i not in offsets)
+    assert not window.fresh(low - 1) or low == 0
 
 
 def test_a_window_refuses_an_ordered_id_below_its_low() -> None:

@@ -25,7 +25,7 @@ def windows(state: GroupState) -> dict:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 1), st.integers(0, 200)),
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 1), st.integers(0, 3 * W)),
                 max_size=40))
 def test_copies_are_independent_whichever_side_moves(steps):
     state = GroupState.genesis(M)
@@ -57,9 +57,9 @@ def varied_entry(client: int, request_id: int, stale_node: int | None):
 
 
 @settings(max_examples=80, deadline=None)
-@given(batch=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 150),
+@given(batch=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3 * W),
                                 st.one_of(st.none(), st.integers(0, 4))), max_size=30),
-       history=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 150)), max_size=6),
+       history=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3 * W)), max_size=6),
        max_clients=st.integers(1, 3))
 def test_a_batch_applies_as_its_entries_one_by_one(batch, history, max_clients):
     """apply and after take a batch's entries as entry_problem and apply_entry would, one by

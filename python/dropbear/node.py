@@ -58,10 +58,10 @@ from dropbear.manifest import Manifest
 from dropbear.net import Listener, LocalIdentity, PeerIdentity, PeerLink, Role, Sender
 from dropbear.wire import (
     MAX_REPLY_ITEMS,
-    Certificate,
     Commit,
     ModelUpdate,
     Request,
+    RequestEntry,
     Vote,
     WireError,
     decode,
@@ -456,7 +456,8 @@ class Node:
             self._carry_out(held)
 
     def _carry_out(self, actions: Sequence[Action]) -> None:
-        replies: dict[tuple, list[Certificate]] = {}
+        replies: dict[tuple[bytes, certificates.CommittedTree],
+                      list[tuple[int, RequestEntry]]] = {}
         queued = False  # frames for peers leave together at the end, one write per peer
         for action in actions:
             match action:

@@ -387,7 +387,7 @@ def test_batches_cut_short_by_the_votes_limit_are_ordered():
     config = dataclasses.replace(SIM_CONFIG, eager_depth=1, batch_fill=128,
                                  max_batch_entries=128, batch_wait=1.0, request_timeout=4.0)
     world = World(seed=5, clients=4, config=config)
-    for i in range(240):  # 60 per client: within a client's window of 64
+    for i in range(240):  # 60 per client: within a client's window (MAX_INFLIGHT_PER_CLIENT)
         world.at(0.0001 * i, lambda c=i % 4: world.submit(c))
     world.run_until(2.0, world.all_certified)
     assert world.all_certified()
