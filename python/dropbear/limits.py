@@ -121,9 +121,13 @@ MAX_REPLY_CACHE = 4096
 """Certificates kept to answer a client's retransmission."""
 MAX_VERIFIED_CACHE = 16384
 """Digests of messages whose signatures were already checked (skip re-verification)."""
-DECODE_MEMO_ENTRIES = 16384
+DECODE_MEMO_ENTRIES = 4096
 """Decoded REQUEST headers and VOTES kept by their bytes, so that a PRE-PREPARE repeating
-them is not decoded twice (wire.DecodeMemo)."""
+them is not decoded twice (wire.DecodeMemo). A header is wanted from its arrival until the
+PRE-PREPARE that orders it, 0.1-0.3 s under load here: 4,096 hold about 0.9 s at 4,600
+requests/s. 16,384 held 3.5 s, and that many objects churning through the heap made a long
+run slow down: x1.041 after 30 s of load with 4,096 (benches/HISTORY.md, "Twentieth
+round"); a miss only costs a decode."""
 DECODE_MEMO_BYTES = 64 * 1024 * 1024
 """Memory DecodeMemo may hold (encodings and decoded objects), whatever their number."""
 SEQ_WINDOW = 64
