@@ -279,16 +279,24 @@ class GroupState:
         return None
 
     def apply_entry(self, entry: RequestEntry) -> None:
-        window = self.clients.pop(entry.client, None)
+        self._window_to_change(entry.client).use(entry.request_id)
+
+    def _window_to_change(self, client: bytes) -> ClientWindow:
+        """``client``'s window, this state's own (made, or copied from the state it shares
+        it with) and now the most recently used, the least recently used beyond MAX_CLIENTS
+        evicted."""
+        clients, owned = self.clients, self._owned
+        window = clients.get(client)
         if window is None:
-            window = ClientWindow()
-        elif entry.client not in self._owned:
-            window = window.copy()
-        self._owned.add(entry.client)
-        window.use(entry.request_id)
-        self.clients[entry.client] = window  # most recently used last
-        while len(self.clients) > MAX_CLIENTS:
-            self._owned.discard(self.clients.popitem(last=False)[0])
+            window = clients[client] = ClientWindow()
+            while len(clients) > MAX_CLIENTS:
+                owned.discard(clients.popitem(last=False)[0])
+        else:
+            if client not in owned:
+                window = clients[client] = window.copy()
+            clients.move_to_end(client)
+        owned.add(client)
+        return window
 
     def apply_update(self, update: ModelUpdate) -> None:
         self.versions[update.node] = update.model_version
@@ -330,7 +338,7 @@ class GroupState:
         """:meth:`apply_entry` for each entry without an :meth:`entry_problem`, in order (one
         loop, for every batch on every node); the indices of those applied, or (``strict``)
         the first problem."""
-        clients, owned, versions = self.clients, self._owned, self.versions
+        clients, versions = self.clients, self.versions
         applied = []
         for i, entry in enumerate(entries):
             client, request_id = entry.client, entry.request_id
@@ -349,16 +357,7 @@ class GroupState:
                 if strict:
                     return f"vote of node {vote.node} from model {vote.model_version.hex()[:16]}"
                 continue
-            if window is None:
-                window = clients[client] = ClientWindow()
-                while len(clients) > MAX_CLIENTS:
-                    owned.discard(clients.popitem(last=False)[0])
-            else:
-                if client not in owned:
-                    window = clients[client] = window.copy()
-                clients.move_to_end(client)  # most recently used last
-            owned.add(client)
-            window.use(request_id)
+            self._window_to_change(client).use(request_id)
             applied.append(i)
         return applied
 
