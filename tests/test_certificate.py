@@ -299,3 +299,25 @@ def test_a_committed_tree_makes_the_certificates_and_the_reply_build_many_would(
         tree.reply(3, [])
     with pytest.raises(WireError, match=f"{MAX_REPLY_ITEMS + 1} certificates in one reply"):
         tree.reply(3, [chosen[0]] * (MAX_REPLY_ITEMS + 1))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8, 9, 17])
+def test_a_kept_batch_makes_the_certificates_its_committed_tree_made(size):
+    """What the reply cache keeps (the leaves, no proofs, no entry objects) answers a re-sent
+    request with the very certificate, and REPLY, that the node sent first."""
+    from dropbear.certificate import KeptBatch, commit_tree
+
+    entries, leaves, commits = committed_batch(size, 100, 1, 8)
+    tree = commit_tree(M.group_id, 1, 8, leaves, commits)
+    kept = KeptBatch.of(tree, leaves)
+    assert "tree" not in vars(kept)  # proofs are made again only when a client asks again
+    for i, entry in enumerate(entries):
+        assert kept.entry(i) == entry
+        assert kept.tree.certificate(i, kept.entry(i)) == tree.certificate(i, entry)
+        verify(kept.tree.certificate(i, kept.entry(i)), M)
+    assert kept.tree is kept.tree
+    chosen = [(i, entries[i]) for i in range(0, size, 2)]
+    assert kept.tree.reply(2, chosen).signed(GROUP.node_keys[2]).encoded == \
+        tree.reply(2, chosen).signed(GROUP.node_keys[2]).encoded
+    with pytest.raises(ValueError, match=f"{size - 1} leaves for a tree of {size}"):
+        KeptBatch.of(tree, leaves[:-1])

@@ -118,7 +118,9 @@ MAX_PENDING_REQUESTS = 8192
 MAX_PENDING_VOTE_MESSAGES = 4096
 """VOTES messages kept for requests not yet ordered."""
 MAX_REPLY_CACHE = 4096
-"""Certificates kept to answer a client's retransmission."""
+"""Executed requests whose certificates a node can make again for a client's
+retransmission without its ledger (each a leaf index into its batch's kept leaves,
+certificate.KeptBatch)."""
 MAX_VERIFIED_CACHE = 16384
 """Digests of messages whose signatures were already checked (skip re-verification)."""
 DECODE_MEMO_ENTRIES = 4096

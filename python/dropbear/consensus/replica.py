@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from dropbear import _core
 from dropbear import limits as L
-from dropbear.certificate import CommittedTree, commit_tree
+from dropbear.certificate import KeptBatch, commit_tree
 from dropbear.consensus import proofs
 from dropbear.consensus.events import (
     Action,
@@ -300,11 +300,9 @@ class Replica:
         (counted as for a held-back batch, ``_short`` = (1, 0)), new votes and requests do not
         assemble again; timers, executions, prepared batches and updates still do."""
         self._proposing = False
-        self._replies: OrderedDict[
-            tuple[bytes, int], tuple[CommittedTree, tuple[int, RequestEntry]]
-        ] = OrderedDict()
-        """(client, request id) -> the tree and (leaf index, entry) of a recently executed
-        request, for a client that asks again (MAX_REPLY_CACHE)."""
+        self._replies: OrderedDict[tuple[bytes, int], tuple[KeptBatch, int]] = OrderedDict()
+        """(client, request id) -> the batch and leaf index of a recently executed request,
+        for a client that asks again (MAX_REPLY_CACHE)."""
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.convicted: set[int] = set()
         self.evidence_kept = 0
@@ -340,7 +338,10 @@ class Replica:
     def cached_certificate(self, client: bytes, request_id: int) -> Certificate | None:
         """The certificate of a recently executed request (bounded by MAX_REPLY_CACHE)."""
         cached = self._replies.get((client, request_id))
-        return None if cached is None else cached[0].certificate(*cached[1])
+        if cached is None:
+            return None
+        kept, index = cached
+        return kept.tree.certificate(index, kept.entry(index))
 
     def start(self) -> list[Action]:
         """Actions to run once when the node starts (or restarts)."""
@@ -593,9 +594,12 @@ class Replica:
                 retransmitted = True
                 continue
             cached = self._replies.get((head.client, head.request_id))
-            if cached is not None and cached[1][1].request == digest:
-                self._out.append(Reply(head.client, cached[0], (cached[1],)))
-                continue
+            if cached is not None:
+                kept, index = cached
+                entry = kept.entry(index)
+                if entry.request == digest:
+                    self._out.append(Reply(head.client, kept.tree, ((index, entry),)))
+                    continue
             if not self.state.fresh(head.client, head.request_id):
                 refuse_with(head, f"request id {head.request_id} was ordered already or is "
                                    f"below the client's replay window (ids must stay within "
@@ -1345,11 +1349,12 @@ class Replica:
             self._forget_request(entry.request, entry.client)
         if not self._replaying and certified:
             tree = commit_tree(self.gid, cb.view, cb.seq, derived.leaves, cb.commits)
+            kept = KeptBatch.of(tree, derived.leaves)
             by_client: dict[bytes, list[tuple[int, RequestEntry]]] = {}
             cache = self._replies
             for item in certified:
                 entry = item[1]
-                cache[(entry.client, entry.request_id)] = (tree, item)
+                cache[(entry.client, entry.request_id)] = (kept, item[0])
                 mine = by_client.get(entry.client)
                 if mine is None:
                     by_client[entry.client] = [item]
