@@ -123,13 +123,16 @@ retransmission without its ledger (each a leaf index into its batch's kept leave
 certificate.KeptBatch)."""
 MAX_VERIFIED_CACHE = 16384
 """Digests of messages whose signatures were already checked (skip re-verification)."""
-DECODE_MEMO_ENTRIES = 4096
+DECODE_MEMO_ENTRIES = 1024
 """Decoded REQUEST headers and VOTES kept by their bytes, so that a PRE-PREPARE repeating
 them is not decoded twice (wire.DecodeMemo). A header is wanted from its arrival until the
-PRE-PREPARE that orders it, 0.1-0.3 s under load here: 4,096 hold about 0.9 s at 4,600
-requests/s. 16,384 held 3.5 s, and that many objects churning through the heap made a long
-run slow down: x1.041 after 30 s of load with 4,096 (benches/HISTORY.md, "Twentieth
-round"); a miss only costs a decode."""
+PRE-PREPARE that orders it, 0.1-0.3 s under load here: 1,024 hold about 0.2 s at 5,000
+requests/s, and a miss only costs a decode. Every entry is an object graph that lives until
+it is evicted, and a heap churning through many of them runs slower the longer it runs:
+16,384 -> 4,096 was x1.041 after 30 s of load (benches/HISTORY.md, "Twentieth round"),
+4,096 -> 1,024 x1.052 at closed 512 and x1.034 at closed 768 from 12 keys ("Twenty-first
+round"). Taking each header out at its second arrival instead kept VOTES longer, and was
+slower (x0.961)."""
 DECODE_MEMO_BYTES = 64 * 1024 * 1024
 """Memory DecodeMemo may hold (encodings and decoded objects), whatever their number."""
 SEQ_WINDOW = 64
