@@ -5,21 +5,26 @@ when it checks a PRE-PREPARE): it must give exactly ``agreement.make_entry``'s e
 encodings (tests/test_consensus_state.py), built in line instead of one reference call per
 request. Executing the batch on the group state (``GroupState.apply``, and ``after`` when a
 node projects it) is measured the same way, beside ``entry_problem`` and ``apply_entry``
-per entry.
+per entry. And what the reply cache keeps alive per executed request, beside what it kept
+until the twenty-first round.
 
-    .venv/bin/python -m pytest benches/bench_replica.py --benchmark-enable -q
+    .venv/bin/python -m pytest benches/bench_replica.py --benchmark-enable -q -s
 """
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
 
 import pytest
 from dropbear import _core
 from dropbear.agreement import make_entry
+from dropbear.certificate import KeptBatch, commit_tree
 from dropbear.consensus.state import GroupState, derive
+from dropbear.limits import MAX_REPLY_CACHE
 from dropbear.manifest import Manifest, NodeInfo
-from dropbear.wire import Batch, EntryVote, Request, Vote, Votes
+from dropbear.wire import Batch, Commit, EntryVote, Kind, Request, Statement, Vote, Votes
 
 N_NODES = 4
 N_REQUESTS = 256
@@ -103,3 +108,72 @@ def test_apply_reference_one_by_one(benchmark, role, saturated_batch):
         return valid
 
     assert len(benchmark(reference)) == N_REQUESTS
+
+
+# --- what the reply cache keeps: a batch's leaves, or its tree and entries ------------------
+
+CACHED_BATCHES = MAX_REPLY_CACHE // N_REQUESTS
+"""Batches of N_REQUESTS whose requests fill the reply cache (MAX_REPLY_CACHE)."""
+
+
+def _commits(manifest, seq, derived):
+    keys = [_core.SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(N_NODES)]
+    return [Commit(Statement(Kind.COMMIT, manifest.group_id, node, 0, seq, derived.size,
+                             derived.root)).signed(keys[node])
+            for node in range(manifest.quorum)]
+
+
+def _fill(cache, manifest, seq, derived, commits, kept):
+    """One executed batch's entries in ``cache``, as the replica stores them (``kept``) or as
+    it did until the twenty-first round (the tree with every proof, and each entry)."""
+    tree = commit_tree(manifest.group_id, 0, seq, derived.leaves, commits)
+    shift = seq * N_REQUESTS  # the same requests in every batch here: keep the keys apart
+    if kept:
+        batch = KeptBatch.of(tree, derived.leaves)
+        for i, entry in enumerate(derived.entries):
+            cache[(entry.client, entry.request_id + shift)] = (batch, i)
+    else:
+        for item in enumerate(derived.entries):
+            cache[(item[1].client, item[1].request_id + shift)] = (tree, item)
+
+
+def _retained(manifest, batch, kept):
+    """Bytes and collector-tracked objects that a full reply cache holds once the batches
+    themselves are gone, per cached request."""
+    gc.collect()
+    objects = len(gc.get_objects())
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    cache = {}
+    for seq in range(1, CACHED_BATCHES + 1):
+        derived = derive(batch, manifest)  # new entry objects for every batch, as in a node
+        _fill(cache, manifest, seq, derived, _commits(manifest, seq, derived), kept)
+        del derived
+    gc.collect()
+    size = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    held = len(gc.get_objects()) - objects
+    assert len(cache) == CACHED_BATCHES * N_REQUESTS
+    return size / len(cache), held / len(cache)
+
+
+@pytest.mark.parametrize("side", ["baseline", "dropbear"])
+def test_reply_cache_keeps(benchmark, role, saturated_batch, side):
+    """Time: filling the cache from one executed batch. extra_info: what a full cache
+    (MAX_REPLY_CACHE requests) keeps alive per request, bytes and tracked objects, after the
+    batches are gone. The baseline keeps each batch's CommittedTree (every proof as a list of
+    hashes) and each request's entry; Dropbear keeps the batch's leaves (KeptBatch)."""
+    role(side)
+    kept = side == "dropbear"
+    benchmark.group = (f"reply cache, {CACHED_BATCHES} batches of {N_REQUESTS}: fill one "
+                       "batch (time), memory kept per request (extra_info)")
+    manifest, batch, _ = saturated_batch
+    derived = derive(batch, manifest)
+    commits = _commits(manifest, 1, derived)
+    benchmark(lambda: _fill({}, manifest, 1, derived, commits, kept))
+    size, held = _retained(manifest, batch, kept)
+    benchmark.extra_info.update(bytes_per_request=round(size), objects_per_request=held)
+    print(f"\n  {side:<8} reply cache keeps {size:,.0f} bytes and {held:.1f} tracked objects "
+          "per request")
+    if kept:  # what the change is for: far fewer objects alive per cached request
+        assert held < 4
