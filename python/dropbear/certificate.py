@@ -88,7 +88,8 @@ class KeptBatch:
     A :class:`CommittedTree` holds every leaf's proof as a list of hashes, and the replies
     hold every entry as objects: kept for MAX_REPLY_CACHE requests (a second of load), that
     was a few dozen objects per request alive at a time, and a node's heap churning through
-    them ran about 7% slower after half a minute of load than at its start.
+    them made its Python about a tenth slower after half a minute of load (benches/HISTORY.md,
+    "Twenty-first round").
     """
 
     group_id: bytes
