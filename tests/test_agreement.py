@@ -42,3 +42,19 @@ def test_entry_and_check():
     assert "threshold" in check_entry(entry, quorum=3, threshold=2, nodes=4)
     lying = entry.__class__(**{**entry.__dict__, "label": 4})
     assert "votes give 1" in check_entry(lying, 3, 3, 4)
+
+
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 2**64 - 1),
+       st.lists(st.integers(0, 9), min_size=1, max_size=7))
+def test_an_entrys_encoding_names_its_request_where_request_of_reads_it(
+        client, request_id, labels):
+    """RequestEntry.request_of reads the request digest from an encoding without decoding
+    it (the reply cache compares it before decoding); it must agree with decode."""
+    from dropbear.wire import RequestEntry
+
+    header = RequestHeader(bytes(32), client, request_id, "uint8", (1,), bytes(32))
+    votes = [EntryVote(node, bytes([node]) * 32, label, 0.5) for node, label in enumerate(labels)]
+    entry = make_entry(header, votes, threshold=len(labels))
+    encoded = entry.encoded
+    assert RequestEntry.request_of(encoded) == RequestEntry.decode(encoded).request
+    assert RequestEntry.request_of(encoded) == header.digest

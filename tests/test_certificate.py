@@ -313,6 +313,8 @@ def test_a_kept_batch_makes_the_certificates_its_committed_tree_made(size):
     assert "tree" not in vars(kept)  # proofs are made again only when a client asks again
     for i, entry in enumerate(entries):
         assert kept.entry(i) == entry
+        assert kept.entry_of(i, entry.request) == entry
+        assert kept.entry_of(i, bytes(32)) is None  # another request under that id
         assert kept.tree.certificate(i, kept.entry(i)) == tree.certificate(i, entry)
         verify(kept.tree.certificate(i, kept.entry(i)), M)
     assert kept.tree is kept.tree

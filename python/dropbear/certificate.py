@@ -110,9 +110,17 @@ class KeptBatch:
         """The entry at ``leaf_index``, decoded from its leaf."""
         return RequestEntry.decode(self.leaves[leaf_index])
 
+    def entry_of(self, leaf_index: int, request: bytes) -> RequestEntry | None:
+        """:meth:`entry`, if it orders the request of digest ``request`` (else None, and
+        nothing is decoded: a client that reuses an id costs a comparison)."""
+        leaf = self.leaves[leaf_index]
+        return RequestEntry.decode(leaf) if RequestEntry.request_of(leaf) == request else None
+
     @cached_property
     def tree(self) -> CommittedTree:
-        """The batch's tree, its proofs computed again (once, on the first re-send)."""
+        """The batch's tree, its proofs computed again (once, on the first re-send: a
+        client that re-sends one request of a batch is likely to re-send others; they are
+        kept while any of the batch's requests is in the reply cache)."""
         return CommittedTree(self.group_id, self.view, self.seq, len(self.leaves), self.root,
                              self.signatures, _core.merkle_proofs(list(self.leaves)))
 

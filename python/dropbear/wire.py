@@ -1278,6 +1278,12 @@ class RequestEntry:
                               encoded=encoded)
         return entry
 
+    @staticmethod
+    def request_of(encoded: bytes) -> bytes:
+        """The request digest of an entry's canonical encoding, without decoding the rest
+        (bytes 2-33: after the version and kind bytes)."""
+        return encoded[2 : 2 + DIGEST_BYTES]
+
     @classmethod
     def decode(cls, data: bytes) -> RequestEntry:
         r = Reader(data)

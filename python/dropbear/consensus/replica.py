@@ -596,8 +596,8 @@ class Replica:
             cached = self._replies.get((head.client, head.request_id))
             if cached is not None:
                 kept, index = cached
-                entry = kept.entry(index)
-                if entry.request == digest:
+                entry = kept.entry_of(index, digest)
+                if entry is not None:
                     self._out.append(Reply(head.client, kept.tree, ((index, entry),)))
                     continue
             if not self.state.fresh(head.client, head.request_id):
