@@ -343,22 +343,18 @@ class GroupState:
         for i, entry in enumerate(entries):
             client, request_id = entry.client, entry.request_id
             window = clients.get(client)
-            if window is not None and (request_id < window.low
-                                       or window.bits >> (request_id - window.low) & 1):
-                if strict:
-                    return f"request id {request_id} of client {client.hex()[:16]} was used"
-                continue
-            for vote in entry.votes:
-                if vote[1] != versions[vote[0]]:
-                    break
-            else:
-                vote = None
-            if vote is not None:
-                if strict:
-                    return f"vote of node {vote.node} from model {vote.model_version.hex()[:16]}"
-                continue
-            self._window_to_change(client).use(request_id)
-            applied.append(i)
+            if window is None or window.fresh(request_id):
+                for vote in entry.votes:
+                    if vote[1] != versions[vote[0]]:
+                        break
+                else:  # fresh, and every vote of its node's current model
+                    self._window_to_change(client).use(request_id)
+                    applied.append(i)
+                    continue
+            if strict:
+                problem = self.entry_problem(entry)  # the message, for the rare failing entry
+                assert problem is not None
+                return problem
         return applied
 
 
