@@ -231,6 +231,83 @@ def test_derive_gives_the_reference_entries(per_node, ordered, node_order):
     assert [RequestEntry.decode(leaf) for leaf in derived.leaves] == expected
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.tuples(st.integers(0, 5),
+                                                                st.integers(0, 2)), max_size=6),
+                          st.booleans()), max_size=7),
+       st.lists(st.tuples(st.integers(0, 5), st.booleans()), max_size=7))
+def test_derive_refuses_what_the_rules_refuse_and_names_the_rule(messages, ordered):
+    """Byzantine batches: VOTES of a node outside the group or of another group, repeats of a
+    node's vote (the same, which collapse, or different, which are refused), requests of
+    another group or ordered twice, too few votes. The Rust derivation must refuse exactly
+    what the rules, applied in their order (each VOTES, then each request), refuse."""
+    from dropbear.consensus.state import BatchError, derive
+    from dropbear.wire import Batch, Vote, Votes
+
+    other_group = bytes(32)
+    foreign = {r: Request.create(CLIENTS[0], other_group, 7 + r, "uint8", (1,), b"\x00").header
+               for r in range(6)}
+    batch_votes, expected, by_request = [], None, {}
+    for node, cast, own_group in messages:
+        version = M.nodes[node % M.n].model_version
+        batch_votes.append(Votes(M.group_id if own_group else other_group, node, version,
+                                 tuple(Vote(_HEADS[r].digest, label, 0.5) for r, label in cast)))
+        if expected is None and (not own_group or node >= M.n):
+            expected = f"VOTES of node {node} is not of this group"
+        for r, label in cast:
+            known = by_request.setdefault(r, {}).setdefault(node, label)
+            if expected is None and known != label:
+                expected = f"node {node} gives two votes for {_HEADS[r].digest.hex()}"
+    headers, seen = [], set()
+    for r, own_group in ordered:
+        headers.append(_HEADS[r] if own_group else foreign[r])
+        if expected is None:
+            if not own_group:
+                expected = f"request {foreign[r].digest.hex()} is of another group"
+            elif r in seen:
+                expected = f"request {_HEADS[r].digest.hex()} ordered twice in one batch"
+            elif len(by_request.get(r, {})) < M.quorum:
+                expected = f"request {_HEADS[r].digest.hex()} has {len(by_request.get(r, {}))} votes"
+        seen.add(r)
+    batch = Batch(tuple(headers), tuple(batch_votes))
+    if expected is not None:
+        with pytest.raises(BatchError) as refused:
+            derive(batch, M)
+        assert str(refused.value) == expected
+        return
+    derived = derive(batch, M)
+    for e, (r, _) in zip(derived.entries, ordered, strict=True):
+        cast = [EntryVote(n, M.nodes[n].model_version, label, 0.5)
+                for n, label in sorted(by_request[r].items())]
+        assert e == make_entry(_HEADS[r], cast, M.threshold)
+
+
+def test_applying_a_derived_batch_reads_votes_only_when_a_voter_is_stale():
+    """A derived entry reads its votes from its encoding when asked; applying the batch asks
+    only when a VOTES it came from is not of its node's current model version, and then
+    voids exactly the entries with such a vote."""
+    from dropbear.consensus.state import derive
+    from dropbear.wire import Batch, Vote, Votes
+
+    heads = _HEADS[:3]
+    messages = [Votes(M.group_id, n, M.nodes[n].model_version,
+                      tuple(Vote(h.digest, 1, 0.5) for h in heads[:2 if n == 0 else 3]))
+                for n in range(4)]
+    derived = derive(Batch(tuple(heads), tuple(messages)), M)
+    assert all("votes" not in e.__dict__ for e in derived.entries)
+    valid, _ = GroupState.genesis(M).apply(derived, 1, derived.root)
+    assert valid == [0, 1, 2]
+    assert all("votes" not in e.__dict__ for e in derived.entries)  # never asked
+
+    stale = GroupState.genesis(M)
+    stale.apply_update(ModelUpdate(M.group_id, 0, b"\x09" * 32, 1))
+    valid, _ = stale.apply(derived, 1, derived.root)
+    assert valid == [2]  # node 0 voted for the first two requests only
+    assert [v.node for v in derived.entries[2].votes] == [1, 2, 3]
+    assert stale.copy().after(derived, 1, derived.root) == (
+        f"vote of node 0 from model {M.nodes[0].model_version.hex()[:16]}")
+
+
 # --- the state snapshot's encoding (a node's restart point, docs/ledger.md) -----------------
 
 CLIENT_KEYS = [key(f"snapshot/client/{i}") for i in range(5)]

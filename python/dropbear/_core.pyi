@@ -1,10 +1,14 @@
-"""Dropbear's Rust consensus core: ed25519, SHA-256, RFC 9162 Merkle trees, quorum tracking.
+"""Dropbear's Rust consensus core: ed25519, SHA-256, RFC 9162 Merkle trees, a batch's
+request entries, quorum tracking.
 
 Errors are ``ValueError`` (bad lengths, invalid or weak keys, bad thresholds, a full
 tracker) or ``IndexError`` (leaf or node index out of range); messages name the bad value.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MAX_EVIDENCE: int
 """Equivocation records a QuorumTracker keeps until taken; past it they are counted as dropped."""
@@ -89,6 +93,27 @@ def merkle_verify(
     leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
 ) -> bool:
     """RFC 9162 §2.1.3.2: is ``leaf`` leaf ``index`` of the tree of ``tree_size`` with ``root``?"""
+
+def derive_entries(
+    group_id: bytes,
+    nodes: int,
+    quorum: int,
+    threshold: int,
+    votes: Iterable[Any],
+    requests: Iterable[Any],
+    entry_type: type[T],
+) -> tuple[T, ...]:
+    """A batch's request entries (``dropbear.consensus.state.derive``'s rules).
+
+    ``votes``: the batch's VOTES (``group_id``, ``node``, ``model_version``, ``votes`` of
+    ``(request, label, score)``); ``requests``: its request headers (``digest``,
+    ``group_id``, ``client``, ``request_id``). Each entry is an ``entry_type`` made without
+    ``__init__``, holding ``request``, ``client``, ``request_id``, ``label``, ``threshold``,
+    ``reached`` and ``encoded`` (its canonical leaf bytes), not ``votes``. Raises ValueError
+    naming the rule a batch breaks: VOTES or a request of another group (or of a node at or
+    past ``nodes``), two different votes of one node for a request, a request ordered twice,
+    fewer than ``quorum`` votes for a request.
+    """
 
 Vote = tuple[int, int, bytes, int, bytes]
 """``(view, seq, digest, node, signed message)`` as kept in evidence."""

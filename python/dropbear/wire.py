@@ -1310,6 +1310,18 @@ class RequestEntry:
         return entry
 
 
+def _votes_from_encoding(entry: RequestEntry) -> tuple[EntryVote, ...]:
+    """The votes of an entry made with its canonical encoding and without them (the batch
+    derivation, ``_core.derive_entries``), read from that encoding on first use."""
+    return RequestEntry.decode(entry.__dict__["encoded"]).votes
+
+
+_votes_from_encoding.__name__ = "votes"
+# Set after the dataclass is made, so that it is no default of the ``votes`` field: an entry
+# made by ``__init__`` or ``of`` holds its votes in its ``__dict__``, which comes first.
+RequestEntry.votes = cached_property(_votes_from_encoding)  # type: ignore[assignment]
+
+
 def _check_vote_order(votes: Sequence[EntryVote]) -> None:
     nodes = [v.node for v in votes]
     if nodes != sorted(set(nodes)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dropbear import _core
@@ -20,7 +20,6 @@ from dropbear.manifest import Manifest
 from dropbear.wire import (
     DIGEST_BYTES,
     Batch,
-    EntryVote,
     Kind,
     ModelUpdate,
     Reader,
@@ -45,6 +44,10 @@ class Derived:
     entries: tuple[RequestEntry, ...]
     headers: tuple[RequestHeader, ...]
     updates: tuple[ModelUpdate, ...]
+    voters: tuple[tuple[int, bytes], ...] | None = None
+    """The (node, model version) of each VOTES the entries' votes were taken from, when
+    known (:func:`derive`): if each is its node's current version, so is every vote, and
+    applying the batch need not read the entries' votes."""
 
     @cached_property
     def leaves(self) -> list[bytes]:
@@ -66,65 +69,22 @@ def derive(batch: Batch, manifest: Manifest) -> Derived:
     Stateless rules: one group; distinct requests; at most one vote per node and request
     (identical repeats collapse); at least 2f+1 votes per request. Signatures are checked by
     the caller. The agreed label is :func:`~dropbear.agreement.make_entry`'s (plurality,
-    ties to the lowest label), computed here in line with each entry's encoding: this runs
-    for every batch on every node.
+    ties to the lowest label). This runs for every batch on every node, so the Rust core
+    does it (``_core.derive_entries``): it reads the VOTES and headers and makes each
+    :class:`~dropbear.wire.RequestEntry` with its canonical encoding, from which the entry
+    reads its votes if they are ever asked for (a node's hot path does not ask).
     """
     gid = manifest.group_id
-    # request -> {node: its EntryVote}; EntryVotes are made once per vote the batch's VOTES
-    # carry (mostly the batch's own requests), already in the entry's field order.
-    by_request: dict[bytes, dict[int, EntryVote]] = {}
-    new_vote = tuple.__new__  # an EntryVote without its Python-level __new__
-    for message in batch.votes:
-        node, version = message.node, message.model_version
-        if message.group_id != gid or node >= manifest.n:
-            raise BatchError(f"VOTES of node {node} is not of this group")
-        for request, label, score in message.votes:
-            votes = by_request.get(request)
-            if votes is None:
-                by_request[request] = {node: new_vote(EntryVote, (node, version, label, score))}
-                continue
-            known = votes.get(node)
-            if known is None:
-                votes[node] = new_vote(EntryVote, (node, version, label, score))
-            elif (known[1], known[2], known[3]) != (version, label, score):
-                raise BatchError(f"node {node} gives two votes for {request.hex()}")
-    quorum, threshold = manifest.quorum, manifest.threshold
-    pack, make = RequestEntry.pack, RequestEntry.of
-    seen: set[bytes] = set()
-    entries = []
-    for header in batch.requests:
-        digest = header.digest
-        if header.group_id != gid:
-            raise BatchError(f"request {digest.hex()} is of another group")
-        if digest in seen:
-            raise BatchError(f"request {digest.hex()} ordered twice in one batch")
-        seen.add(digest)
-        votes = by_request.get(digest, {})
-        if len(votes) < quorum:
-            raise BatchError(f"request {digest.hex()} has {len(votes)} votes")
-        cast = tuple(sorted(votes.values()))  # by node: one vote per node, so never a tie
-        flat: list = []
-        counts: dict[int, int] = {}
-        for vote in cast:
-            flat += vote
-            counts[vote[2]] = counts.get(vote[2], 0) + 1
-        if len(counts) == 1:  # the models agree (the usual case)
-            (label, count), = counts.items()
-        else:
-            label, count = min(counts.items(), key=_most_then_lowest)
-        reached = count >= threshold
-        client, request_id = header.client, header.request_id
-        entries.append(make(
-            digest, client, request_id, cast, label, threshold, reached,
-            pack(digest, client, request_id, len(cast), flat, label, threshold, reached)))
+    try:
+        entries = _core.derive_entries(gid, manifest.n, manifest.quorum, manifest.threshold,
+                                       batch.votes, batch.requests, RequestEntry)
+    except ValueError as error:
+        raise BatchError(str(error)) from None
     for update in batch.updates:
         if update.group_id != gid or update.node >= manifest.n:
             raise BatchError(f"update of node {update.node} is not of this group")
-    return Derived(tuple(entries), batch.requests, batch.updates)
-
-
-def _most_then_lowest(item: tuple[int, int]) -> tuple[int, int]:
-    return -item[1], item[0]
+    return Derived(entries, batch.requests, batch.updates,
+                   tuple((m.node, m.model_version) for m in batch.votes))
 
 
 @dataclass
@@ -307,7 +267,7 @@ class GroupState:
 
         Returns the indices of the valid entries and of the valid updates.
         """
-        valid_entries = self._apply_entries(derived.entries, strict=False)
+        valid_entries = self._apply_entries(derived, strict=False)
         assert not isinstance(valid_entries, str)
         valid_updates = []
         for i, update in enumerate(derived.updates):
@@ -322,7 +282,7 @@ class GroupState:
         """The state after batch ``seq`` if all of it is valid at this state (strict, for
         backups: the same state :meth:`apply` gives then), else why it is not."""
         probe = self.copy()
-        problem = probe._apply_entries(derived.entries, strict=True)
+        problem = probe._apply_entries(derived, strict=True)
         if isinstance(problem, str):
             return problem
         for update in derived.updates:
@@ -334,17 +294,21 @@ class GroupState:
         probe.digest = _chain(self.digest, seq, root)
         return probe
 
-    def _apply_entries(self, entries: Sequence[RequestEntry], strict: bool) -> list[int] | str:
+    def _apply_entries(self, derived: Derived, strict: bool) -> list[int] | str:
         """:meth:`apply_entry` for each entry without an :meth:`entry_problem`, in order (one
         loop, for every batch on every node); the indices of those applied, or (``strict``)
-        the first problem."""
+        the first problem. The entries' votes are read only if a VOTES they came from is not
+        of its node's current model version (or where they came from is not known)."""
         clients, versions = self.clients, self.versions
+        voters = derived.voters
+        current = voters is not None and all(versions[node] == version
+                                             for node, version in voters)
         applied = []
-        for i, entry in enumerate(entries):
+        for i, entry in enumerate(derived.entries):
             client, request_id = entry.client, entry.request_id
             window = clients.get(client)
             if window is None or window.fresh(request_id):
-                for vote in entry.votes:
+                for vote in () if current else entry.votes:
                     if vote[1] != versions[vote[0]]:
                         break
                 else:  # fresh, and every vote of its node's current model

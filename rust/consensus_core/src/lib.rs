@@ -1,11 +1,13 @@
 //! Dropbear's consensus core.
 //!
 //! Pure Rust, split by concern: [`crypto`] (ed25519 keys, strict and batch verification),
-//! [`merkle`] (SHA-256 and RFC 9162 Merkle trees) and [`quorum`] (votes per
+//! [`merkle`] (SHA-256 and RFC 9162 Merkle trees), [`entries`] (a batch's request entries
+//! from its requests and VOTES: the agreed labels and leaf bytes) and [`quorum`] (votes per
 //! `(view, seq, digest)`, each quorum once, equivocation evidence). The `python` feature adds
 //! the PyO3 bindings that make up the `dropbear._core` extension.
 
 pub mod crypto;
+pub mod entries;
 pub mod error;
 pub mod merkle;
 pub mod quorum;

@@ -5,9 +5,11 @@ use ed25519_dalek::{SigningKey as DalekSigningKey, VerifyingKey as DalekVerifyin
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple, PyType};
+use pyo3::{intern, IntoPyObjectExt};
 
 use crate::crypto;
+use crate::entries::{self, Bytes32, NodeVotes, OrderedRequest};
 use crate::error::CoreError;
 use crate::merkle::{self, Hash};
 use crate::quorum;
@@ -203,6 +205,109 @@ fn merkle_verify(
     ))
 }
 
+/// Copies a 32-byte field (a digest, key or model version) out of a Python object.
+fn bytes32(value: &Bound<'_, PyAny>, what: &'static str) -> PyResult<Bytes32> {
+    let bytes = value.cast::<PyBytes>()?.as_bytes();
+    Ok(hash_arg(what, bytes)?)
+}
+
+/// The entries of a batch (`dropbear.consensus.state.derive`, see `entries::derive`):
+/// `votes` are the batch's VOTES messages (`group_id`, `node`, `model_version`, `votes` of
+/// `(request, label, score)`), `requests` its request headers (`digest`, `group_id`,
+/// `client`, `request_id`). Returns a tuple of `entry_type` objects made without their
+/// `__init__`, with the fields `request`, `client`, `request_id`, `label`, `threshold`,
+/// `reached` and `encoded` (the canonical leaf bytes) and without `votes`, which the
+/// Python class reads from `encoded` when asked. A batch that breaks a rule raises
+/// ValueError naming it.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn derive_entries<'py>(
+    py: Python<'py>,
+    group_id: &[u8],
+    nodes: u32,
+    quorum: usize,
+    threshold: u16,
+    votes: &Bound<'py, PyAny>,
+    requests: &Bound<'py, PyAny>,
+    entry_type: &Bound<'py, PyType>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let mut messages = Vec::new();
+    for message in votes.try_iter()? {
+        let message = message?;
+        let tuple = message
+            .getattr(intern!(py, "votes"))?
+            .cast_into::<PyTuple>()?;
+        let mut list = Vec::with_capacity(tuple.len());
+        for vote in tuple.iter() {
+            let vote = vote.cast_into::<PyTuple>()?;
+            list.push((
+                bytes32(&*vote.get_borrowed_item(0)?, "vote request digest")?,
+                vote.get_borrowed_item(1)?.extract::<u32>()?,
+                vote.get_borrowed_item(2)?.extract::<f64>()?,
+            ));
+        }
+        messages.push(NodeVotes {
+            in_group: message
+                .getattr(intern!(py, "group_id"))?
+                .cast::<PyBytes>()?
+                .as_bytes()
+                == group_id,
+            node: message.getattr(intern!(py, "node"))?.extract::<u32>()?,
+            version: bytes32(
+                &message.getattr(intern!(py, "model_version"))?,
+                "model version",
+            )?,
+            votes: list,
+        });
+    }
+    let mut ordered = Vec::new();
+    let mut headers = Vec::new();
+    for header in requests.try_iter()? {
+        let header = header?;
+        let digest = header.getattr(intern!(py, "digest"))?;
+        let client = header.getattr(intern!(py, "client"))?;
+        let request_id = header.getattr(intern!(py, "request_id"))?;
+        ordered.push(OrderedRequest {
+            digest: bytes32(&digest, "request digest")?,
+            in_group: header
+                .getattr(intern!(py, "group_id"))?
+                .cast::<PyBytes>()?
+                .as_bytes()
+                == group_id,
+            client: bytes32(&client, "client key")?,
+            request_id: request_id.extract::<u64>()?,
+        });
+        headers.push((digest, client, request_id));
+    }
+    let derived = entries::derive(nodes, quorum, threshold, &messages, &ordered)
+        .map_err(|rule| PyValueError::new_err(rule.to_string()))?;
+
+    let object_new = py.get_type::<PyAny>().getattr(intern!(py, "__new__"))?;
+    let threshold_obj = threshold.into_bound_py_any(py)?;
+    let mut made = Vec::with_capacity(derived.entries.len());
+    for (i, (entry, (digest, client, request_id))) in
+        derived.entries.iter().zip(headers).enumerate()
+    {
+        let leaf = PyBytes::new_with(py, entries::entry_len(entry.votes.len()), |out| {
+            derived.write_leaf(i, out, &ordered[i], &messages, threshold);
+            Ok(())
+        })?;
+        let object = object_new.call1((entry_type,))?;
+        let fields = object
+            .getattr(intern!(py, "__dict__"))?
+            .cast_into::<PyDict>()?;
+        fields.set_item(intern!(py, "request"), digest)?;
+        fields.set_item(intern!(py, "client"), client)?;
+        fields.set_item(intern!(py, "request_id"), request_id)?;
+        fields.set_item(intern!(py, "label"), entry.label)?;
+        fields.set_item(intern!(py, "threshold"), &threshold_obj)?;
+        fields.set_item(intern!(py, "reached"), PyBool::new(py, entry.reached))?;
+        fields.set_item(intern!(py, "encoded"), leaf)?;
+        made.push(object);
+    }
+    PyTuple::new(py, made)
+}
+
 /// Counts votes `(view, seq, digest, node[, signed])` and reports each quorum once.
 #[pyclass(module = "dropbear._core")]
 struct QuorumTracker(quorum::QuorumTracker);
@@ -317,6 +422,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merkle_proof, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_proofs, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_entries, m)?)?;
     m.add("MAX_EVIDENCE", quorum::MAX_EVIDENCE)?;
     m.add("KEY_CACHE_ENTRIES", crypto::KEY_CACHE_ENTRIES)?;
     Ok(())
