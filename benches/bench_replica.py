@@ -2,12 +2,12 @@
 
 ``derive`` runs for every batch on every node (the primary when it proposes, each backup
 when it checks a PRE-PREPARE): it must give exactly ``agreement.make_entry``'s entries and
-encodings (tests/test_consensus_state.py); the Rust core builds them (``_core.derive_entries``,
-since the twenty-second round; before, a Python loop in line), where the reference makes
-and encodes one entry per request. Executing the batch on the group state (``GroupState.apply``, and ``after`` when a
-node projects it) is measured the same way, beside ``entry_problem`` and ``apply_entry``
-per entry. And what the reply cache keeps alive per executed request, beside what it kept
-until the twenty-first round.
+encodings (tests/test_consensus_state.py); the Rust core builds them
+(``_core.derive_entries``, since the twenty-second round; before, a Python loop in line),
+where the reference makes and encodes one entry per request. Executing the batch on the
+group state (``GroupState.apply``, and ``after`` when a node projects it) is measured the
+same way, beside ``entry_problem`` and ``apply_entry`` per entry. And what the reply cache
+keeps alive per executed request, beside what it kept until the twenty-first round.
 
     .venv/bin/python -m pytest benches/bench_replica.py --benchmark-enable -q -s
 """

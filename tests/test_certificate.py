@@ -1,6 +1,7 @@
 """Certificates, manifests and evidence: verify with the manifest alone; alterations fail."""
 
 import dataclasses
+import hashlib
 
 import pytest
 from dropbear import _core
@@ -260,6 +261,22 @@ def test_reply_carries_a_batch_of_certificates_that_verify_after_decoding():
     assert len(reply.encoded) < sum(len(c.encoded) for c in chosen) - 2 * 3 * 66
     assert Reply.peek(reply.encoded) == (2, (101, 104, 105))
     assert Reply.peek(chosen[0].encoded) is None and Reply.peek(b"\x01\x0c") is None
+
+
+def test_a_reply_is_signed_over_the_sha256_of_its_body():
+    """docs/certificates.md: the node's REPLY signature is Ed25519 over SHA-256(body), so a
+    third party checks it from the bytes alone; a changed byte or another node's key fails."""
+    from dropbear.wire import Reply, decode
+
+    reply = Reply.of(2, batch_certificates()[:2]).signed(GROUP.node_keys[2])
+    body, signature = reply.encoded[:-64], reply.encoded[-64:]
+    key = GROUP.node_keys[2].public_key
+    assert _core.verify(key, hashlib.sha256(body).digest(), signature)
+    assert not _core.verify(key, body, signature)
+    assert not decode(reply.encoded).verify(GROUP.node_keys[1].public_key)
+    damaged = bytearray(reply.encoded)
+    damaged[-70] ^= 1  # the last proof hash
+    assert not decode(bytes(damaged)).verify(key)
 
 
 def test_reply_refuses_mixed_batches_and_ids_that_do_not_match_its_entries():

@@ -266,8 +266,8 @@ def test_derive_refuses_what_the_rules_refuse_and_names_the_rule(messages, order
                 expected = f"request {foreign[r].digest.hex()} is of another group"
             elif r in seen:
                 expected = f"request {_HEADS[r].digest.hex()} ordered twice in one batch"
-            elif len(by_request.get(r, {})) < M.quorum:
-                expected = f"request {_HEADS[r].digest.hex()} has {len(by_request.get(r, {}))} votes"
+            elif (votes := len(by_request.get(r, {}))) < M.quorum:
+                expected = f"request {_HEADS[r].digest.hex()} has {votes} votes"
         seen.add(r)
     batch = Batch(tuple(headers), tuple(batch_votes))
     if expected is not None:
