@@ -19,7 +19,10 @@ from dropbear.wire import (
     Vote,
     Votes,
     WireError,
+    decode,
 )
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from sim.group import make_group
 
 GROUP = make_group(4)
@@ -340,3 +343,82 @@ def test_a_kept_batch_makes_the_certificates_its_committed_tree_made(size):
         tree.reply(2, chosen).signed(GROUP.node_keys[2]).encoded
     with pytest.raises(ValueError, match=f"{size - 1} leaves for a tree of {size}"):
         KeptBatch.of(tree, leaves[:-1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 2), min_size=4, max_size=4),
+                          st.integers(0, 3), st.booleans(), st.integers(0, 4)),
+                min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3),
+       st.sampled_from(["keep", "truncate", "extend"]))
+def test_the_clients_reply_reader_agrees_with_the_reference(entries, flips, end):
+    """The client reads REPLYs with the Rust core (``_core.read_reply``: the frame parsed in
+    place, steps 1-3 of each certificate checked). On REPLYs of honest and lying entries
+    (a wrong label or reached flag, too few votes), with bytes flipped, cut or added, it must
+    refuse exactly the frames ``wire.decode`` refuses and find exactly the certificates
+    ``certificate.verify_entry`` refuses, with the same reason."""
+    from dropbear.certificate import CertificateError, build_many, verify_entry
+    from dropbear.wire import Reply, RequestEntry
+
+    made = []
+    for i, (labels, voters_dropped, lie, claimed) in enumerate(entries):
+        request = Request.create(GROUP.node_keys[0], M.group_id, 500 + i, "uint8", (1,),
+                                 bytes([i]))
+        votes = tuple(EntryVote(node, bytes([node]) * 32, labels[node], 0.25)
+                      for node in range(4 - voters_dropped))
+        honest = make_entry(request.header, votes, M.threshold)
+        made.append(RequestEntry(honest.request, honest.client, honest.request_id, votes,
+                                 claimed if lie else honest.label, M.threshold,
+                                 not honest.reached if lie and claimed == 4 else honest.reached))
+    leaves = [e.encoded for e in made]
+    root = _core.merkle_root(leaves)
+    commits = [Commit(Statement(Kind.COMMIT, M.group_id, i, 1, 7, len(leaves), root)).signed(
+        GROUP.node_keys[i]) for i in range(3)]
+    certs = build_many(M.group_id, 1, 7, leaves, list(enumerate(made)), commits)
+    frame = bytearray(Reply.of(2, certs).signed(GROUP.node_keys[2]).encoded)
+    for at, value in flips:
+        frame[at % len(frame)] = value
+    if end == "truncate":
+        del frame[-(1 + flips[0][0] % 40 if flips else 1):]
+    elif end == "extend":
+        frame += b"\x00"
+    frame = bytes(frame)
+
+    try:
+        reference = decode(frame)
+    except WireError:
+        reference = None
+    try:
+        got = _core.read_reply(frame, M.group_id, M.n, M.quorum, M.threshold)
+    except ValueError:
+        got = None
+    if not isinstance(reference, Reply):
+        event("frame refused")
+        assert got is None
+        return
+    assert got is not None
+    node, view, seq, size, root_read, signatures, items = got
+    assert (node, view, seq, size, root_read, signatures) == (
+        reference.node, reference.view, reference.seq, reference.tree_size, reference.root,
+        reference.signatures)
+    expected = []
+    for cert in reference.certificates:
+        try:
+            verify_entry(cert, M)
+            problem = None
+        except CertificateError as error:
+            problem = str(error)
+        e = cert.entry
+        expected.append((e.request_id, e.request, e.client, e.label, e.reached,
+                         tuple((v.node, v.label) for v in e.votes), problem))
+        event("certificate refused" if problem else "certificate accepted")
+    assert list(items) == expected
+
+
+def test_the_reply_readers_limits_are_the_wire_limits():
+    from dropbear.limits import MAX_MESSAGE_BYTES, MAX_NODES
+    from dropbear.wire import MAX_PROOF_HASHES, MAX_REPLY_ITEMS
+
+    assert (_core.REPLY_MAX_ITEMS, _core.REPLY_MAX_NODES, _core.REPLY_MAX_PROOF_HASHES,
+            _core.REPLY_MAX_MESSAGE_BYTES) == (MAX_REPLY_ITEMS, MAX_NODES, MAX_PROOF_HASHES,
+                                               MAX_MESSAGE_BYTES)

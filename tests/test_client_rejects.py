@@ -174,7 +174,6 @@ async def test_every_request_whose_send_is_lost_is_sent_again() -> None:
     first send of every third one lost: each is re-sent a request timeout later and none
     waits for its deadline, however the sends, the answers and the re-send task's wake-ups
     interleave (that task must not fall asleep while a request waits)."""
-    from types import SimpleNamespace
 
     client = Client(GROUP.manifest, _core.SigningKey.generate(), request_timeout=0.004,
                     deadline=5.0)
@@ -182,7 +181,9 @@ async def test_every_request_whose_send_is_lost_is_sent_again() -> None:
         link.run = trio.sleep_forever  # type: ignore[method-assign]  # no network here
     sends: dict[int, int] = {}
     heard: set[int] = set()
-    answer = SimpleNamespace(entry=SimpleNamespace(label=1, reached=True, votes=()))
+    from dropbear.client import _Answer
+
+    answer = _Answer(1, True, (), b"", 0)
 
     def put(outbox: object, frame: bytes) -> bool:
         request_id = Request.decode(frame).header.request_id
@@ -197,7 +198,7 @@ async def test_every_request_whose_send_is_lost_is_sent_again() -> None:
             for request_id in sorted(heard):
                 pending = client._pending.get(request_id)
                 if pending is not None and not pending.done.is_set():
-                    pending.certificate = answer
+                    pending.answer = answer
                     pending.done.set()
             heard.clear()
 

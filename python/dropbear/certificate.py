@@ -21,9 +21,11 @@ from dropbear.wire import (
     Certificate,
     Commit,
     EntryVote,
+    Kind,
     Reply,
     ReplyItem,
     RequestEntry,
+    Statement,
     WireError,
 )
 
@@ -210,16 +212,25 @@ def verify_entry(cert: Certificate, manifest: Manifest) -> None:
 
 def verify_signatures(cert: Certificate, manifest: Manifest) -> None:
     """Steps 4-5: 2f+1 distinct nodes of the group signed the commit statement of the root."""
+    verify_commit_signatures(manifest, cert.view, cert.seq, cert.tree_size, cert.root,
+                             cert.signatures)
+
+
+def verify_commit_signatures(manifest: Manifest, view: int, seq: int, tree_size: int,
+                             root: bytes, signatures: Sequence[tuple[int, bytes]]) -> None:
+    """Steps 4-5 for the batch ``(view, seq, tree_size, root)`` of the manifest's group,
+    whose certificates all carry ``signatures``."""
     # 4. 2f+1 distinct nodes of the group signed.
-    nodes = [node for node, _ in cert.signatures]
+    nodes = [node for node, _ in signatures]
     if len(set(nodes)) != len(nodes) or any(not 0 <= i < manifest.n for i in nodes):
         raise CertificateError(f"signers {nodes} are not distinct nodes below {manifest.n}")
     if len(nodes) < manifest.quorum:
         raise CertificateError(f"{len(nodes)} signatures, need {manifest.quorum}")
     # 5. Every signature verifies over the node's COMMIT statement.
     items = [
-        (cert.statement(node).encoded, signature, manifest.node_key(node))
-        for node, signature in cert.signatures
+        (Statement(Kind.COMMIT, manifest.group_id, node, view, seq, tree_size, root).encoded,
+         signature, manifest.node_key(node))
+        for node, signature in signatures
     ]
     bad = _core.batch_verify(items)
     if bad:

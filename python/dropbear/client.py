@@ -22,10 +22,11 @@ import numpy as np
 import trio
 
 from dropbear import _core, certificate, control, limits
+from dropbear.cached import cached_property
 from dropbear.manifest import Manifest
 from dropbear.net import LocalIdentity, PassFlush, PeerIdentity, PeerLink, Role, Sender
 from dropbear.node import split_address
-from dropbear.wire import Certificate, Reply, Request, WireError, decode
+from dropbear.wire import Certificate, Reply, Request, decode
 
 
 class ClientError(Exception):
@@ -46,8 +47,30 @@ class Result:
     """Whether the agreed label reached the group's agreement threshold q."""
     votes: dict[int, int]
     """Each voting node's label."""
-    certificate: Certificate
     latency_s: float
+    reply: bytes = field(repr=False)
+    """The node's REPLY that carried the certificate (checked when it came)."""
+    item: int = field(repr=False)
+    """The certificate's place in ``reply``."""
+
+    @cached_property
+    def certificate(self) -> Certificate:
+        """The inference certificate, read from ``reply`` when first asked for (a client
+        under load asks for few of them)."""
+        reply = decode(self.reply)
+        assert isinstance(reply, Reply)
+        return reply.certificates[self.item]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A checked certificate of a REPLY: what a Result needs."""
+
+    label: int
+    reached: bool
+    votes: tuple[tuple[int, int], ...]
+    reply: bytes
+    item: int
 
 
 @dataclass
@@ -58,7 +81,7 @@ class _Pending:
     deadline: float
     """When it is given up (``expired``)."""
     done: trio.Event = field(default_factory=trio.Event)
-    certificate: Certificate | None = None
+    answer: _Answer | None = None
     rejects: dict[int, str] = field(default_factory=dict)
     fast_retries: int = 0
     expired: bool = False
@@ -179,13 +202,13 @@ class Client:
             if oldest:  # the window moves only when its oldest request leaves
                 self._slot_freed.set()
                 self._slot_freed = trio.Event()
-        if pending.certificate is None:
+        answer = pending.answer
+        if answer is None:
             reasons = sorted(set(pending.rejects.values()))
             raise RequestRejected(f"request {request_id} refused by nodes "
                                   f"{sorted(pending.rejects)}: {'; '.join(reasons)}")
-        entry = pending.certificate.entry
-        return Result(entry.label, entry.reached, {v.node: v.label for v in entry.votes},
-                      pending.certificate, trio.current_time() - start)
+        return Result(answer.label, answer.reached, dict(answer.votes),
+                      trio.current_time() - start, answer.reply, answer.item)
 
     async def _resend_loop(self) -> None:
         """Sends each unanswered request to every node again ``request_timeout`` seconds
@@ -242,41 +265,48 @@ class Client:
                 (p := self._pending.get(rid)) is not None and not p.done.is_set()
                 for rid in peeked[1]):
             return  # every certificate in it is one we have (another node sent it first)
+        m = self.manifest
         try:
-            reply = decode(frame)
-        except WireError:
+            # Read in place by the Rust core, which also checks steps 1-3 of each certificate
+            # (the group, the entry's agreement, its inclusion proof): docs/certificates.md.
+            node, view, seq, size, root, signatures, items = _core.read_reply(
+                frame, m.group_id, m.n, m.quorum, m.threshold)
+        except ValueError:
             self.invalid_replies += 1
             return
-        if not isinstance(reply, Reply) or reply.node != peer.node_id:
+        if node != peer.node_id:
             self.invalid_replies += 1
             return
         # The connection authenticated the node, and each certificate proves itself: the
         # REPLY's own signature (the node's receipt of delivery) need not be checked here.
-        for cert in reply.certificates:
-            self._accept(cert)
+        signed = (view, seq, size, root, signatures)
+        me = self.key.public_key
+        for index, (request_id, request, client, label, reached, votes, problem) in enumerate(
+                items):
+            pending = self._pending.get(request_id)
+            if (pending is None or pending.done.is_set() or request != pending.request.digest
+                    or client != me):
+                continue
+            if problem is not None or not self._signed_by_quorum(signed):
+                self.invalid_replies += 1
+                continue
+            pending.answer = _Answer(label, reached, votes, frame, index)
+            pending.done.set()
 
-    def _accept(self, cert: Certificate) -> None:
-        """Completes the pending request that ``cert`` certifies, if it verifies."""
-        pending = self._pending.get(cert.entry.request_id)
-        if (pending is None or pending.done.is_set()
-                or cert.entry.request != pending.request.digest
-                or cert.entry.client != self.key.public_key):
-            return
+    def _signed_by_quorum(self, signed: tuple) -> bool:
+        """Steps 4-5 for a committed batch ``(view, seq, tree size, root, signatures)``:
+        every certificate of one batch carries the same commit signatures, so they are
+        checked once per batch, not once per request."""
+        if signed in self._verified_batches:
+            return True
         try:
-            certificate.verify_entry(cert, self.manifest)
-            signed = certificate.signed_part(cert)
-            if signed not in self._verified_batches:
-                # Every certificate of one batch carries the same commit signatures:
-                # check them once per batch, not once per request.
-                certificate.verify_signatures(cert, self.manifest)
-                self._verified_batches[signed] = None
-                if len(self._verified_batches) > limits.CLIENT_VERIFIED_BATCHES:
-                    self._verified_batches.popitem(last=False)
+            certificate.verify_commit_signatures(self.manifest, *signed)
         except certificate.CertificateError:
-            self.invalid_replies += 1
-            return
-        pending.certificate = cert
-        pending.done.set()
+            return False
+        self._verified_batches[signed] = None
+        if len(self._verified_batches) > limits.CLIENT_VERIFIED_BATCHES:
+            self._verified_batches.popitem(last=False)
+        return True
 
     def _on_control(self, peer: PeerIdentity, frame: bytes) -> None:
         try:

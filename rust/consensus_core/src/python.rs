@@ -13,6 +13,7 @@ use crate::entries::{self, Bytes32, NodeVotes, OrderedRequest};
 use crate::error::CoreError;
 use crate::merkle::{self, Hash};
 use crate::quorum;
+use crate::reply;
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {
@@ -308,6 +309,57 @@ fn derive_entries<'py>(
     PyTuple::new(py, made)
 }
 
+/// Reads a REPLY frame for a client and checks steps 1-3 of each of its certificates (see
+/// `reply`). Returns `(node, view, seq, tree_size, root, signatures, items)`: `signatures`
+/// the shared `(node, commit signature)` pairs, each item `(request_id, request digest,
+/// client key, label, reached, votes, problem)` with `votes` the `(node, label)` pairs and
+/// `problem` None or why that certificate does not verify. A frame that is no well-formed
+/// REPLY raises ValueError naming the fault.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn read_reply<'py>(
+    py: Python<'py>,
+    frame: &[u8],
+    group_id: &[u8],
+    nodes: u16,
+    quorum: usize,
+    threshold: u16,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let parsed = reply::read_reply(frame).map_err(PyValueError::new_err)?;
+    let signatures = PyTuple::new(
+        py,
+        parsed
+            .signatures
+            .iter()
+            .map(|&(node, signature)| (node, PyBytes::new(py, signature))),
+    )?;
+    let mut items = Vec::with_capacity(parsed.items.len());
+    for item in &parsed.items {
+        let problem = reply::item_problem(&parsed, item, group_id, quorum, threshold, nodes);
+        let entry = &item.entry;
+        let votes = PyTuple::new(py, entry.votes.iter().map(|v| (v.0, v.2)))?;
+        items.push((
+            entry.request_id,
+            PyBytes::new(py, entry.request),
+            PyBytes::new(py, entry.client),
+            entry.label,
+            entry.reached,
+            votes,
+            problem,
+        ));
+    }
+    (
+        parsed.node,
+        parsed.view,
+        parsed.seq,
+        parsed.tree_size,
+        PyBytes::new(py, parsed.root),
+        signatures,
+        PyTuple::new(py, items)?,
+    )
+        .into_pyobject(py)
+}
+
 /// Counts votes `(view, seq, digest, node[, signed])` and reports each quorum once.
 #[pyclass(module = "dropbear._core")]
 struct QuorumTracker(quorum::QuorumTracker);
@@ -423,6 +475,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merkle_proofs, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_verify, m)?)?;
     m.add_function(wrap_pyfunction!(derive_entries, m)?)?;
+    m.add_function(wrap_pyfunction!(read_reply, m)?)?;
+    m.add("REPLY_MAX_ITEMS", reply::MAX_REPLY_ITEMS)?;
+    m.add("REPLY_MAX_NODES", reply::MAX_NODES)?;
+    m.add("REPLY_MAX_PROOF_HASHES", reply::MAX_PROOF_HASHES)?;
+    m.add("REPLY_MAX_MESSAGE_BYTES", reply::MAX_MESSAGE_BYTES)?;
     m.add("MAX_EVIDENCE", quorum::MAX_EVIDENCE)?;
     m.add("KEY_CACHE_ENTRIES", crypto::KEY_CACHE_ENTRIES)?;
     Ok(())
