@@ -7,7 +7,8 @@ encodings (tests/test_consensus_state.py); the Rust core builds them
 where the reference makes and encodes one entry per request. Executing the batch on the
 group state (``GroupState.apply``, and ``after`` when a node projects it) is measured the
 same way, beside ``entry_problem`` and ``apply_entry`` per entry. And what the reply cache
-keeps alive per executed request, beside what it kept until the twenty-first round.
+keeps alive per executed request, beside what it kept until the twenty-first round; and a
+client reading a REPLY (``_core.read_reply``) beside the Python reader.
 
     .venv/bin/python -m pytest benches/bench_replica.py --benchmark-enable -q -s
 """
@@ -109,6 +110,51 @@ def test_apply_reference_one_by_one(benchmark, role, saturated_batch):
         return valid
 
     assert len(benchmark(reference)) == N_REQUESTS
+
+
+# --- a client reading a REPLY: the Rust core against the Python reader --------------------
+
+REPLY_ITEMS = 128
+"""Certificates in the REPLY (one client's half of a saturated batch of 256)."""
+
+
+@pytest.fixture(scope="module")
+def reply_frame(saturated_batch):
+    manifest, batch, _ = saturated_batch
+    derived = derive(batch, manifest)
+    tree = commit_tree(manifest.group_id, 0, 1, derived.leaves, _commits(manifest, 1, derived))
+    items = [(i, e) for i, e in enumerate(derived.entries) if i % 2 == 0][:REPLY_ITEMS]
+    key = _core.SigningKey.from_seed(bytes([1]) * 32)
+    return manifest, tree.reply(0, items).signed(key).encoded
+
+
+def test_read_reply_dropbear(benchmark, role, reply_frame):
+    """What the client does with each REPLY it waits on: parse it, and check steps 1-3 of
+    every certificate (group, agreement, inclusion proof), in one core call."""
+    role("dropbear")
+    benchmark.group = f"read a REPLY of {REPLY_ITEMS} certificates and check steps 1-3"
+    m, frame = reply_frame
+    read = benchmark(_core.read_reply, frame, m.group_id, m.n, m.quorum, m.threshold)
+    assert all(item[-1] is None for item in read[-1]) and len(read[-1]) == REPLY_ITEMS
+
+
+def test_read_reply_reference(benchmark, role, reply_frame):
+    """Baseline: the Python reader (``wire.decode``) and ``certificate.verify_entry`` per
+    certificate, what the client did until the twenty-second round."""
+    from dropbear.certificate import verify_entry
+    from dropbear.wire import decode
+
+    role("baseline")
+    benchmark.group = f"read a REPLY of {REPLY_ITEMS} certificates and check steps 1-3"
+    m, frame = reply_frame
+
+    def reference():
+        certs = decode(frame).certificates
+        for cert in certs:
+            verify_entry(cert, m)
+        return certs
+
+    assert len(benchmark(reference)) == REPLY_ITEMS
 
 
 # --- what the reply cache keeps: a batch's leaves, or its tree and entries ------------------
