@@ -267,14 +267,16 @@ def test_reply_carries_a_batch_of_certificates_that_verify_after_decoding():
 
 
 def test_a_reply_is_signed_over_the_sha256_of_its_body():
-    """docs/certificates.md: the node's REPLY signature is Ed25519 over SHA-256(body), so a
-    third party checks it from the bytes alone; a changed byte or another node's key fails."""
+    """docs/certificates.md: the node's REPLY signature is Ed25519 over a context prefix and
+    SHA-256(body), so a third party checks it from the bytes alone; a changed byte or another
+    node's key fails."""
     from dropbear.wire import Reply, decode
 
     reply = Reply.of(2, batch_certificates()[:2]).signed(GROUP.node_keys[2])
     body, signature = reply.encoded[:-64], reply.encoded[-64:]
     key = GROUP.node_keys[2].public_key
-    assert _core.verify(key, hashlib.sha256(body).digest(), signature)
+    assert _core.verify(key, b"dropbear reply\x00" + hashlib.sha256(body).digest(), signature)
+    assert not _core.verify(key, hashlib.sha256(body).digest(), signature)
     assert not _core.verify(key, body, signature)
     assert not decode(reply.encoded).verify(GROUP.node_keys[1].public_key)
     damaged = bytearray(reply.encoded)

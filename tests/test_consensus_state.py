@@ -307,6 +307,15 @@ def test_applying_a_derived_batch_reads_votes_only_when_a_voter_is_stale():
     assert stale.copy().after(derived, 1, derived.root) == (
         f"vote of node 0 from model {M.nodes[0].model_version.hex()[:16]}")
 
+    # An entry with neither its votes nor its encoding has no votes attribute (not a crash),
+    # and the core refuses a quorum of 0 rather than certify a request nobody voted for.
+    from dropbear import _core
+    from dropbear.wire import RequestEntry
+
+    assert not hasattr(object.__new__(RequestEntry), "votes")
+    with pytest.raises(ValueError, match="quorum must be at least 1"):
+        _core.derive_entries(M.group_id, M.n, 0, M.threshold, (), heads, RequestEntry)
+
 
 # --- the state snapshot's encoding (a node's restart point, docs/ledger.md) -----------------
 

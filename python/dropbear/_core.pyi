@@ -2,7 +2,9 @@
 request entries, quorum tracking.
 
 Errors are ``ValueError`` (bad lengths, invalid or weak keys, bad thresholds, a full
-tracker) or ``IndexError`` (leaf or node index out of range); messages name the bad value.
+tracker, a batch that breaks a rule, a malformed REPLY) or ``IndexError`` (leaf or node
+index out of range); messages name the bad value. Arguments of the wrong Python type raise
+``TypeError``.
 """
 
 from collections.abc import Iterable, Sequence
@@ -113,6 +115,37 @@ def derive_entries(
     naming the rule a batch breaks: VOTES or a request of another group (or of a node at or
     past ``nodes``), two different votes of one node for a request, a request ordered twice,
     fewer than ``quorum`` votes for a request.
+    """
+
+REPLY_MAX_ITEMS: int
+"""Certificates one REPLY may carry (``wire.MAX_REPLY_ITEMS``)."""
+REPLY_MAX_NODES: int
+"""Node numbers a REPLY may name are below this (``limits.MAX_NODES``)."""
+REPLY_MAX_PROOF_HASHES: int
+"""Hashes one inclusion proof may have (``wire.MAX_PROOF_HASHES``)."""
+REPLY_MAX_MESSAGE_BYTES: int
+"""Largest frame :func:`read_reply` reads (``limits.MAX_MESSAGE_BYTES``)."""
+
+def read_reply(
+    frame: bytes, group_id: bytes, nodes: int, quorum: int, threshold: int
+) -> tuple[
+    int,
+    int,
+    int,
+    int,
+    bytes,
+    tuple[tuple[int, bytes], ...],
+    tuple[tuple[int, bytes, bytes, int, bool, tuple[tuple[int, int], ...], str | None], ...],
+]:
+    """A REPLY frame read in place, with steps 1-3 of each certificate checked (the group,
+    the entry's agreement, its inclusion proof; docs/certificates.md).
+
+    Returns ``(node, view, seq, tree_size, root, signatures, items)``: ``signatures`` the
+    shared ``(node, commit signature)`` pairs; each item ``(request_id, request digest,
+    client key, label, reached, votes, problem)``, ``votes`` its ``(node, label)`` pairs and
+    ``problem`` None or why that certificate does not verify. Steps 4-5 (the commit
+    signatures) are the caller's. Raises ValueError, naming the fault, for a frame that is
+    not a well-formed REPLY (what ``dropbear.wire.decode`` refuses).
     """
 
 Vote = tuple[int, int, bytes, int, bytes]

@@ -186,7 +186,9 @@ def verify(cert: Certificate, manifest: Manifest) -> None:
 
 
 def signed_part(cert: Certificate) -> tuple:
-    """What steps 4-5 check: equal for every certificate of one committed batch."""
+    """What steps 4-5 check: equal for every certificate of one committed batch. (The client
+    keys its once-per-batch check by the REPLY's fields instead, without the group id, which
+    steps 1-3 check against the manifest for every item.)"""
     return (cert.group_id, cert.view, cert.seq, cert.tree_size, cert.root, cert.signatures)
 
 

@@ -57,9 +57,16 @@ class Result:
     def certificate(self) -> Certificate:
         """The inference certificate, read from ``reply`` when first asked for (a client
         under load asks for few of them)."""
-        reply = decode(self.reply)
-        assert isinstance(reply, Reply)
-        return reply.certificates[self.item]
+        return _reply_certificates(self.reply)[self.item]
+
+
+@functools.lru_cache(maxsize=4)
+def _reply_certificates(frame: bytes) -> tuple[Certificate, ...]:
+    """The certificates of a REPLY frame, decoded once for all the Results it answered
+    (asking each of them for its certificate then reads the frame once, not once each)."""
+    reply = decode(frame)
+    assert isinstance(reply, Reply)
+    return reply.certificates
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,7 @@ class Client:
         # The connection authenticated the node, and each certificate proves itself: the
         # REPLY's own signature (the node's receipt of delivery) need not be checked here.
         signed = (view, seq, size, root, signatures)
+        signed_ok: bool | None = None  # steps 4-5, checked at most once per frame
         me = self.key.public_key
         for index, (request_id, request, client, label, reached, votes, problem) in enumerate(
                 items):
@@ -287,7 +295,9 @@ class Client:
             if (pending is None or pending.done.is_set() or request != pending.request.digest
                     or client != me):
                 continue
-            if problem is not None or not self._signed_by_quorum(signed):
+            if problem is None and signed_ok is None:
+                signed_ok = self._signed_by_quorum(signed)
+            if problem is not None or not signed_ok:
                 self.invalid_replies += 1
                 continue
             pending.answer = _Answer(label, reached, votes, frame, index)

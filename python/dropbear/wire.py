@@ -1318,7 +1318,10 @@ class RequestEntry:
 def _votes_from_encoding(entry: RequestEntry) -> tuple[EntryVote, ...]:
     """The votes of an entry made with its canonical encoding and without them (the batch
     derivation, ``_core.derive_entries``), read from that encoding on first use."""
-    return RequestEntry.decode(entry.__dict__["encoded"]).votes
+    encoded = entry.__dict__.get("encoded")
+    if encoded is None:
+        raise AttributeError("an entry made without its votes holds its encoding")
+    return RequestEntry.decode(encoded).votes
 
 
 _votes_from_encoding.__name__ = "votes"
@@ -1456,6 +1459,8 @@ _CERTIFICATE_HEAD = struct.Struct(">BB32sQQII32sI")
 leaf index, root, entry length."""
 
 MAX_REPLY_ITEMS = MAX_BATCH_ENTRIES
+REPLY_SIGNING_CONTEXT = b"dropbear reply\x00"
+"""What a node's REPLY signature signs before the body's SHA-256 (docs/certificates.md)."""
 """Certificates in one REPLY: at most the entries of one batch."""
 _REPLY_PEEK = struct.Struct(">BB32sHQQI32sH")
 _REPLY_ITEM_HEAD = struct.Struct(">II")
@@ -1491,9 +1496,10 @@ class Reply(Message):
     (node u16 | signature 64)* | (leaf index u32 | entry (u32 length + bytes) |
     proof count u8 | hashes)* count | signature``.
 
-    The node's signature is over the body's SHA-256 (:attr:`digest`), not the body: a REPLY
-    carries a batch's worth of certificates for one client (tens of KB at saturation), and
-    Ed25519 hashes what it signs twice with SHA-512, where SHA-256 once costs a sixth.
+    The node's signature is over ``REPLY_SIGNING_CONTEXT || SHA-256(body)`` (:attr:`digest`),
+    not the body: a REPLY carries a batch's worth of certificates for one client (tens of KB
+    at saturation), and Ed25519 hashes what it signs twice with SHA-512, where SHA-256 once
+    costs a sixth. The context keeps those signed bytes apart from any other message's.
     """
 
     KIND = Kind.REPLY
@@ -1534,7 +1540,7 @@ class Reply(Message):
         )
 
     def _signed_bytes(self) -> bytes:
-        return self.digest
+        return REPLY_SIGNING_CONTEXT + self.digest
 
     @staticmethod
     def peek(frame: bytes) -> tuple[int, tuple[int, ...]] | None:

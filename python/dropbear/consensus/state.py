@@ -45,9 +45,10 @@ class Derived:
     headers: tuple[RequestHeader, ...]
     updates: tuple[ModelUpdate, ...]
     voters: tuple[tuple[int, bytes], ...] | None = None
-    """The (node, model version) of each VOTES the entries' votes were taken from, when
-    known (:func:`derive`): if each is its node's current version, so is every vote, and
-    applying the batch need not read the entries' votes."""
+    """The (node, model version) of every VOTES of the batch, when known (:func:`derive`):
+    the entries' votes are all taken from these, so if each is its node's current version,
+    so is every vote, and applying the batch need not read the entries' votes (one stale
+    VOTES, even one no entry used, sends it back to reading them)."""
 
     @cached_property
     def leaves(self) -> list[bytes]:
@@ -297,8 +298,8 @@ class GroupState:
     def _apply_entries(self, derived: Derived, strict: bool) -> list[int] | str:
         """:meth:`apply_entry` for each entry without an :meth:`entry_problem`, in order (one
         loop, for every batch on every node); the indices of those applied, or (``strict``)
-        the first problem. The entries' votes are read only if a VOTES they came from is not
-        of its node's current model version (or where they came from is not known)."""
+        the first problem. The entries' votes are read only if a VOTES of the batch is not of
+        its node's current model version (or the batch's VOTES are not known)."""
         clients, versions = self.clients, self.versions
         voters = derived.voters
         current = voters is not None and all(versions[node] == version

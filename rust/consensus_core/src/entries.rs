@@ -7,7 +7,7 @@
 //! least `quorum` votes per request; the agreed label is the plurality of the votes, ties to
 //! the lowest label, and it is `reached` when at least `threshold` votes give it.
 //!
-//! The leaf encoding is the entry's canonical bytes (docs/certificate.md):
+//! The leaf encoding is the entry's canonical bytes (docs/certificates.md):
 //! `01 | 21 | request digest | client key | request id u64 | vote count u16 |
 //! (node u16 | model version | label u32 | score f64)* | label u32 | threshold u16 |
 //! reached u8`, big-endian, votes by increasing node.
@@ -172,7 +172,8 @@ pub fn encode_entry(
 /// The entries of a batch of `requests` (in order) from the votes of `messages`.
 ///
 /// `nodes` is the group size (a message of a node at or past it is refused), `quorum` the
-/// fewest votes an entry may have, `threshold` the agreement threshold. Signatures are the
+/// fewest votes an entry may have (at least 1: a quorum of 0 is treated as 1),
+/// `threshold` the agreement threshold. Signatures are the
 /// caller's to check.
 pub fn derive(
     nodes: u32,
@@ -244,7 +245,7 @@ pub fn derive(
             at = chain[at].1;
         }
         let cast = &mut derived.votes[start..];
-        if cast.len() < quorum {
+        if cast.len() < quorum.max(1) {
             return Err(BatchRule::TooFewVotes {
                 request: hex(&request.digest),
                 votes: cast.len(),

@@ -232,6 +232,9 @@ fn derive_entries<'py>(
     requests: &Bound<'py, PyAny>,
     entry_type: &Bound<'py, PyType>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    if quorum == 0 {
+        return Err(PyValueError::new_err("quorum must be at least 1"));
+    }
     let mut messages = Vec::new();
     for message in votes.try_iter()? {
         let message = message?;
