@@ -318,7 +318,7 @@ class Message:
         return _core.sha256(self.body)
 
     def _signed_bytes(self) -> bytes:
-        """What the signature signs: the body (REPLY signs its digest instead)."""
+        """What the signature signs: the body (a REPLY signs a context and its digest)."""
         return self.body
 
     def signed(self, key: _core.SigningKey) -> Self:
@@ -1459,9 +1459,9 @@ _CERTIFICATE_HEAD = struct.Struct(">BB32sQQII32sI")
 leaf index, root, entry length."""
 
 MAX_REPLY_ITEMS = MAX_BATCH_ENTRIES
+"""Certificates in one REPLY: at most the entries of one batch."""
 REPLY_SIGNING_CONTEXT = b"dropbear reply\x00"
 """What a node's REPLY signature signs before the body's SHA-256 (docs/certificates.md)."""
-"""Certificates in one REPLY: at most the entries of one batch."""
 _REPLY_PEEK = struct.Struct(">BB32sHQQI32sH")
 _REPLY_ITEM_HEAD = struct.Struct(">II")
 """A REPLY item up to its entry's bytes: leaf index, entry length."""

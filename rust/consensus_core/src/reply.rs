@@ -103,6 +103,25 @@ impl<'a> Reader<'a> {
         Ok(node)
     }
 
+    /// Reads the version and kind bytes every encoding starts with; `unknown` or
+    /// `other_kind` is the error when they are not `version` and `kind`.
+    fn start(
+        &mut self,
+        version: u8,
+        kind: u8,
+        what: &str,
+        unknown: &str,
+        other_kind: &str,
+    ) -> Result<(), String> {
+        if self.u8(what)? != version {
+            return Err(unknown.into());
+        }
+        if self.u8(what)? != kind {
+            return Err(other_kind.into());
+        }
+        Ok(())
+    }
+
     fn end(&self, what: &str) -> Result<(), String> {
         if self.at != self.data.len() {
             return Err(format!(
@@ -117,12 +136,13 @@ impl<'a> Reader<'a> {
 /// Reads a request entry from its canonical bytes, refusing any other encoding.
 pub fn read_entry(leaf: &[u8]) -> Result<Entry<'_>, String> {
     let mut r = Reader { data: leaf, at: 0 };
-    if r.u8("entry")? != ENTRY_VERSION {
-        return Err("unknown entry version".into());
-    }
-    if r.u8("entry")? != ENTRY_KIND {
-        return Err("not a request entry".into());
-    }
+    r.start(
+        ENTRY_VERSION,
+        ENTRY_KIND,
+        "entry",
+        "unknown entry version",
+        "not a request entry",
+    )?;
     let request = r.take(32, "entry")?;
     let client = r.take(32, "entry")?;
     let request_id = r.u64("entry")?;
@@ -179,12 +199,13 @@ pub fn read_reply(frame: &[u8]) -> Result<Reply<'_>, String> {
         ));
     }
     let mut r = Reader { data: frame, at: 0 };
-    if r.u8("header")? != VERSION {
-        return Err("unknown version".into());
-    }
-    if r.u8("header")? != REPLY_KIND {
-        return Err("not a REPLY".into());
-    }
+    r.start(
+        VERSION,
+        REPLY_KIND,
+        "header",
+        "unknown version",
+        "not a REPLY",
+    )?;
     let group_id = r.take(32, "group id")?;
     let node = r.node("node")?;
     let view = r.u64("view")?;
