@@ -157,6 +157,65 @@ def test_read_reply_reference(benchmark, role, reply_frame):
     assert len(benchmark(reference)) == REPLY_ITEMS
 
 
+# --- a node writing its REPLYs for a committed batch: the Rust core against Python ---------
+
+REPLY_CLIENTS = 2
+"""Clients whose requests share the batch (the null-model suite's closed loop at 512)."""
+
+
+def _replies_per_client(derived):
+    by_client: dict[bytes, list] = {}
+    for i, entry in enumerate(derived.entries):
+        by_client.setdefault(bytes([i % REPLY_CLIENTS]), []).append((i, entry))
+    return list(by_client.values())
+
+
+def test_write_replies_dropbear(benchmark, role, saturated_batch):
+    """What a node does for each committed batch once it executed it: the batch's tree,
+    hashed once, and each client's signed REPLY written from it by the core
+    (``CommittedTree.reply_frame``, since the twenty-third round)."""
+    role("dropbear")
+    benchmark.group = (f"a node's signed REPLYs for a committed batch of {N_REQUESTS}, "
+                       f"{REPLY_CLIENTS} clients")
+    manifest, batch, _ = saturated_batch
+    derived = derive(batch, manifest)
+    commits, parts = _commits(manifest, 1, derived), _replies_per_client(derived)
+    key = _core.SigningKey.from_seed(bytes([1]) * 32)
+
+    def replies():
+        tree = commit_tree(manifest.group_id, 0, 1, derived.leaves, commits)
+        return [tree.reply_frame(0, [i for i, _ in part], key) for part in parts]
+
+    assert sum(map(len, benchmark(replies))) > N_REQUESTS * 300
+
+
+def test_write_replies_reference(benchmark, role, saturated_batch):
+    """Baseline: what a node did until the twenty-second round: the root and every proof
+    as lists of hashes (two passes over the tree), and each REPLY as objects written and
+    signed by ``wire.Reply``. The same bytes (tests/test_certificate.py)."""
+    from dropbear.wire import Reply, ReplyItem
+
+    role("baseline")
+    benchmark.group = (f"a node's signed REPLYs for a committed batch of {N_REQUESTS}, "
+                       f"{REPLY_CLIENTS} clients")
+    manifest, batch, _ = saturated_batch
+    derived = derive(batch, manifest)
+    commits, parts = _commits(manifest, 1, derived), _replies_per_client(derived)
+    signatures = tuple(sorted((c.node, c.signature) for c in commits))
+    key = _core.SigningKey.from_seed(bytes([1]) * 32)
+
+    def replies():
+        leaves = list(derived.leaves)
+        root, proofs = _core.merkle_root(leaves), _core.merkle_proofs(leaves)
+        return [Reply(manifest.group_id, 0, 0, 1, len(leaves), root, signatures,
+                      tuple(ReplyItem(i, e, tuple(proofs[i])) for i, e in part))
+                .signed(key).encoded for part in parts]
+
+    expected = commit_tree(manifest.group_id, 0, 1, derived.leaves, commits)
+    frames = benchmark(replies)
+    assert frames == [expected.reply_frame(0, [i for i, _ in part], key) for part in parts]
+
+
 # --- what the reply cache keeps: a batch's leaves, or its tree and entries ------------------
 
 CACHED_BATCHES = MAX_REPLY_CACHE // N_REQUESTS
@@ -179,9 +238,10 @@ def _fill(cache, manifest, seq, derived, commits, kept):
         batch = KeptBatch.of(tree, derived.leaves)
         for i, entry in enumerate(derived.entries):
             cache[(entry.client, entry.request_id + shift)] = (batch, i)
-    else:
+    else:  # the tree as it was then: every proof a list of hashes (now it is in the core)
+        old_tree = (tree, _core.merkle_proofs(list(derived.leaves)))
         for item in enumerate(derived.entries):
-            cache[(item[1].client, item[1].request_id + shift)] = (tree, item)
+            cache[(item[1].client, item[1].request_id + shift)] = (old_tree, item)
 
 
 def _retained(manifest, batch, kept):

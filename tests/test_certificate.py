@@ -323,6 +323,52 @@ def test_a_committed_tree_makes_the_certificates_and_the_reply_build_many_would(
         tree.reply(3, [chosen[0]] * (MAX_REPLY_ITEMS + 1))
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), size=st.integers(1, 40), signers=st.sampled_from([(0, 1, 2), (1, 2, 3),
+                                                                         (0, 1, 2, 3)]))
+def test_the_core_writes_the_signed_reply_the_python_writer_does(data, size, signers):
+    """A node's REPLY frames come from the Rust core (``CommittedTree.reply_frame``): the
+    very bytes of ``Reply.signed(key).encoded``, which the client reads back whole."""
+    from dropbear.certificate import commit_tree
+    from dropbear.wire import Reply, decode
+
+    entries, leaves, commits = committed_batch(size, 100, 1, 8, signers=signers)
+    tree = commit_tree(M.group_id, 1, 8, leaves, commits)
+    indices = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=size + 3),
+                        label="leaf indices")
+    node = data.draw(st.integers(0, 3), label="node")
+    key = GROUP.node_keys[node]
+    frame = tree.reply_frame(node, indices, key)
+    assert frame == tree.reply(node, [(i, entries[i]) for i in indices]).signed(key).encoded
+    reply = decode(frame)
+    assert isinstance(reply, Reply) and reply.verify(key.public_key)
+    for cert in reply.certificates:
+        verify(cert, M)
+
+
+def test_the_core_refuses_a_reply_it_cannot_write():
+    from dropbear.certificate import CommittedTree, commit_tree
+    from dropbear.wire import MAX_REPLY_ITEMS, REPLY_SIGNING_CONTEXT
+
+    assert _core.REPLY_SIGNING_CONTEXT == REPLY_SIGNING_CONTEXT
+    entries, leaves, commits = committed_batch(3, 100, 1, 8)
+    tree = commit_tree(M.group_id, 1, 8, leaves, commits)
+    key = GROUP.node_keys[0]
+    with pytest.raises(WireError, match="0 certificates in one reply"):
+        tree.reply_frame(0, [], key)
+    with pytest.raises(WireError, match=f"{MAX_REPLY_ITEMS + 1} certificates in one reply"):
+        tree.reply_frame(0, [0] * (MAX_REPLY_ITEMS + 1), key)
+    with pytest.raises(WireError, match="leaf 3 of a tree of 3"):
+        tree.reply_frame(0, [3], key)
+    not_entries = CommittedTree(M.group_id, 1, 8, tree.signatures,
+                                _core.MerkleTree([b"not an entry"] * 2))
+    with pytest.raises(WireError, match="leaf 1 is not a request entry"):
+        not_entries.reply_frame(0, [1], key)
+    bad_signature = CommittedTree(M.group_id, 1, 8, ((0, b"short"),), tree.merkle)
+    with pytest.raises(WireError, match="commit signature is 5 bytes, expected 64"):
+        bad_signature.reply_frame(0, [0], key)
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 8, 9, 17])
 def test_a_kept_batch_makes_the_certificates_its_committed_tree_made(size):
     """What the reply cache keeps (the leaves, no proofs, no entry objects) answers a re-sent

@@ -75,6 +75,23 @@ def test_every_proof_of_every_leaf_verifies(n: int, salt: int) -> None:
         assert _core.merkle_verify(leaves[i], i, n, proof, root)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), salt=st.integers(0, 10**6))
+def test_a_merkle_tree_gives_the_root_and_proofs_of_its_leaves(n: int, salt: int) -> None:
+    """The tree a node keeps per committed batch (hashed once) against the one-shot
+    functions and the RFC 9162 reference."""
+    leaves = unique_leaves(n, salt)
+    tree = _core.MerkleTree(leaves)
+    assert len(tree) == n
+    assert tree.root == _core.merkle_root(leaves) == reference_root(leaves)
+    assert [tree.proof(i) for i in range(n)] == _core.merkle_proofs(leaves)
+    assert [tree.leaf(i) for i in range(n)] == leaves
+    with pytest.raises(IndexError, match=f"leaf index {n} is out of range for a tree of {n}"):
+        tree.proof(n)
+    with pytest.raises(IndexError, match=f"leaf index {n} is out of range for a tree of {n}"):
+        tree.leaf(n)
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), n=st.integers(1, 300), salt=st.integers(0, 10**6))
 def test_tampered_proofs_fail(data: st.DataObject, n: int, salt: int) -> None:

@@ -96,7 +96,7 @@ async def test_a_reply_waits_for_the_group_commit_only_while_our_own_commit_does
     node._carry_out = lambda actions: carried.extend(actions)  # what leaves, in order
 
     def reply(seq: int) -> Reply:
-        tree = CommittedTree(manifest.group_id, 0, seq, 1, bytes(32), (), [[]])
+        tree = CommittedTree(manifest.group_id, 0, seq, (), _core.MerkleTree([b"leaf"]))
         return Reply(_core.SigningKey.generate().public_key, tree, ((0, None),))
 
     ours = Broadcast(Commit(Statement(Kind.COMMIT, manifest.group_id, 0, 0, 5, 1, bytes(32)))

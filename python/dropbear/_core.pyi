@@ -96,6 +96,35 @@ def merkle_verify(
 ) -> bool:
     """RFC 9162 §2.1.3.2: is ``leaf`` leaf ``index`` of the tree of ``tree_size`` with ``root``?"""
 
+class MerkleTree:
+    """A committed batch's tree over its leaves (the entries' canonical bytes), hashed once
+    when made: every inclusion proof is read from it, and a node's REPLYs are written from
+    it (:meth:`reply`)."""
+
+    def __init__(self, leaves: Sequence[bytes]) -> None: ...
+    @property
+    def root(self) -> bytes:
+        """The tree head (``SHA-256(b"")`` for no leaves)."""
+    def __len__(self) -> int: ...
+    def leaf(self, index: int) -> bytes:
+        """The leaf at ``index``; IndexError when out of range."""
+    def proof(self, index: int) -> list[bytes]:
+        """The inclusion proof of leaf ``index``, bottom up; IndexError when out of range."""
+    def reply(
+        self,
+        key: SigningKey,
+        group_id: bytes,
+        node: int,
+        view: int,
+        seq: int,
+        signatures: Sequence[tuple[int, bytes]],
+        indices: Sequence[int],
+    ) -> bytes:
+        """The encoded REPLY of ``node`` with the certificates of leaves ``indices`` (each a
+        request entry), signed by ``key``: ``wire.Reply(...).signed(key).encoded``'s bytes.
+        ValueError names what does not fit (no or too many items, a leaf that is not an
+        entry, an index out of range, a signature of the wrong length)."""
+
 def derive_entries(
     group_id: bytes,
     nodes: int,
@@ -125,6 +154,8 @@ REPLY_MAX_PROOF_HASHES: int
 """Hashes one inclusion proof may have (``wire.MAX_PROOF_HASHES``)."""
 REPLY_MAX_MESSAGE_BYTES: int
 """Largest frame :func:`read_reply` reads (``limits.MAX_MESSAGE_BYTES``)."""
+REPLY_SIGNING_CONTEXT: bytes
+"""What a REPLY's signature signs before its body's SHA-256 (``wire.REPLY_SIGNING_CONTEXT``)."""
 
 def read_reply(
     frame: bytes, group_id: bytes, nodes: int, quorum: int, threshold: int

@@ -50,23 +50,33 @@ class CertificateError(ValueError):
 @dataclass(frozen=True, eq=False)
 class CommittedTree:
     """What every certificate of one committed batch shares (the COMMIT statement's fields
-    and 2f+1 signatures of it), and the inclusion proof of each of its leaves, computed in
-    one pass over the tree. A node keeps one per executed batch instead of one
-    :class:`Certificate` per request: certificates and REPLYs are made from it when sent."""
+    and 2f+1 signatures of it), and the batch's Merkle tree, hashed once. A node keeps one per
+    executed batch instead of one :class:`Certificate` per request: certificates and REPLYs
+    are made from it when sent."""
 
     group_id: bytes
     view: int
     seq: int
-    tree_size: int
-    root: bytes
     signatures: tuple[tuple[int, bytes], ...]
-    proofs: Sequence[Sequence[bytes]]
-    """The proof of every leaf, by leaf index."""
+    merkle: _core.MerkleTree
+    """The tree over the batch's leaves (the entries' encodings, in order)."""
+
+    @property
+    def tree_size(self) -> int:
+        return len(self.merkle)
+
+    @cached_property
+    def root(self) -> bytes:
+        return self.merkle.root
+
+    def proof(self, leaf_index: int) -> tuple[bytes, ...]:
+        """The inclusion proof of leaf ``leaf_index``."""
+        return tuple(self.merkle.proof(leaf_index))
 
     def certificate(self, leaf_index: int, entry: RequestEntry) -> Certificate:
         """The certificate of ``entry``, leaf ``leaf_index`` of this tree."""
         return Certificate(self.group_id, self.view, self.seq, self.tree_size, leaf_index,
-                           self.root, entry, tuple(self.proofs[leaf_index]), self.signatures)
+                           self.root, entry, self.proof(leaf_index), self.signatures)
 
     def reply(self, node: int, items: Sequence[tuple[int, RequestEntry]]) -> Reply:
         """The (unsigned) REPLY of ``node`` carrying the certificates of ``items``, ``(leaf
@@ -74,11 +84,24 @@ class CommittedTree:
         without making them."""
         if not 0 < len(items) <= MAX_REPLY_ITEMS:
             raise WireError(f"{len(items)} certificates in one reply")
-        proofs, new_item = self.proofs, tuple.__new__
+        proof, new_item = self.merkle.proof, tuple.__new__
         return Reply(self.group_id, node, self.view, self.seq, self.tree_size, self.root,
                      self.signatures,
-                     tuple([new_item(ReplyItem, (index, entry, tuple(proofs[index])))
+                     tuple([new_item(ReplyItem, (index, entry, tuple(proof(index))))
                             for index, entry in items]))
+
+    def reply_frame(self, node: int, leaf_indices: Sequence[int],
+                    key: _core.SigningKey) -> bytes:
+        """The encoded REPLY of ``node`` carrying the certificates of leaves
+        ``leaf_indices``, signed with ``key``: the bytes of ``reply(node, items).signed(key)
+        .encoded``, written by the Rust core from the tree and its leaves without an object
+        per field (a node sends one per client and committed batch). WireError if they do
+        not fit (no leaves, too many, a leaf that is not a request entry)."""
+        try:
+            return self.merkle.reply(key, self.group_id, node, self.view, self.seq,
+                                     list(self.signatures), list(leaf_indices))
+        except (ValueError, OverflowError) as error:
+            raise WireError(str(error)) from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,11 +110,13 @@ class KeptBatch:
     statement's fields, its signatures and the leaves (the entries' encodings). Entries and
     inclusion proofs are made again from the leaves when asked for.
 
-    A :class:`CommittedTree` holds every leaf's proof as a list of hashes, and the replies
-    hold every entry as objects: kept for MAX_REPLY_CACHE requests (a second of load), that
-    was a few dozen objects per request alive at a time, and a node's heap churning through
-    them made its Python about a tenth slower after half a minute of load (benches/HISTORY.md,
-    "Twenty-first round").
+    Until the twenty-first round the cache kept each batch's tree with every leaf's proof as a
+    list of hashes, and the replies with every entry as objects: kept for MAX_REPLY_CACHE
+    requests (a second of load), that was a few dozen objects per request alive at a time,
+    and a node's heap churning through them made its Python about a tenth slower after half
+    a minute of load (benches/HISTORY.md, "Twenty-first round"). A :class:`CommittedTree`
+    now holds its tree in the Rust core, but the entries a REPLY action carries are still
+    objects; what is kept is the leaves alone.
     """
 
     group_id: bytes
@@ -123,8 +148,8 @@ class KeptBatch:
         """The batch's tree, its proofs computed again (once, on the first re-send: a
         client that re-sends one request of a batch is likely to re-send others; they are
         kept while any of the batch's requests is in the reply cache)."""
-        return CommittedTree(self.group_id, self.view, self.seq, len(self.leaves), self.root,
-                             self.signatures, _core.merkle_proofs(list(self.leaves)))
+        return CommittedTree(self.group_id, self.view, self.seq, self.signatures,
+                             _core.MerkleTree(list(self.leaves)))
 
 
 def commit_tree(
@@ -136,12 +161,9 @@ def commit_tree(
 ) -> CommittedTree:
     """The tree of the committed batch ``leaves`` (the entries' encodings, in order) and the
     matching COMMITs of distinct nodes (at least 2f+1) that certify it."""
-    leaves = list(leaves)
-    return CommittedTree(
-        group_id, view, seq, len(leaves), _core.merkle_root(leaves),
-        tuple(sorted((c.node, c.signature) for c in commits)),
-        _core.merkle_proofs(leaves) if leaves else [],
-    )
+    return CommittedTree(group_id, view, seq,
+                         tuple(sorted((c.node, c.signature) for c in commits)),
+                         _core.MerkleTree(list(leaves)))
 
 
 def build(

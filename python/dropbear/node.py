@@ -503,8 +503,8 @@ class Node:
         for (client, tree), items in replies.items():
             for start in range(0, len(items), MAX_REPLY_ITEMS):
                 part = items[start:start + MAX_REPLY_ITEMS]
-                reply = tree.reply(self.node_id, part).signed(self.key)
-                if self.listener.send_to(client, reply.encoded):
+                frame = tree.reply_frame(self.node_id, [index for index, _ in part], self.key)
+                if self.listener.send_to(client, frame):
                     self.replies_sent += len(part)
 
     def _record(self, actions: Sequence[Action]) -> None:

@@ -121,25 +121,72 @@ pub fn inclusion_proof<L: AsRef<[u8]> + Sync>(
     Ok(proof)
 }
 
-/// The inclusion proofs of every leaf, from one pass over the tree (a batch's certificates).
-pub fn inclusion_proofs<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Vec<Vec<Hash>> {
-    let mut levels = vec![leaf_level(leaves)];
-    while levels.last().is_some_and(|level| level.len() > 1) {
-        let next = next_level(levels.last().expect("levels is never empty"));
-        levels.push(next);
+/// Every level of a tree, leaf hashes first and the root last: each inclusion proof is read
+/// from it, so a batch's tree is hashed once however many of its proofs are wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Levels(Vec<Vec<Hash>>);
+
+impl Levels {
+    /// The tree over `leaves` (RFC 9162: a node with no sibling moves up unchanged, which
+    /// gives the same tree as splitting at the largest power of two below the size).
+    pub fn new<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Self {
+        let mut levels = vec![leaf_level(leaves)];
+        while levels.last().is_some_and(|level| level.len() > 1) {
+            let next = next_level(levels.last().expect("levels is never empty"));
+            levels.push(next);
+        }
+        Self(levels)
     }
-    (0..leaves.len())
-        .map(|index| {
-            let mut i = index;
-            let mut proof = Vec::with_capacity(levels.len());
-            for level in &levels[..levels.len() - 1] {
-                if let Some(sibling) = level.get(i ^ 1) {
-                    proof.push(*sibling);
-                }
-                i /= 2;
+
+    /// The number of leaves.
+    pub fn size(&self) -> usize {
+        self.0[0].len()
+    }
+
+    /// The most hashes a proof of this tree holds.
+    pub fn height(&self) -> usize {
+        self.0.len() - 1
+    }
+
+    /// The tree head (`sha256("")` for no leaves).
+    pub fn root(&self) -> Hash {
+        match self.0.last().expect("levels is never empty").as_slice() {
+            [root] => *root,
+            _ => sha256(b""),
+        }
+    }
+
+    /// The sibling hashes of leaf `index`, bottom up, each given to `push`; how many.
+    pub fn each_proof_hash(&self, index: usize, mut push: impl FnMut(&Hash)) -> usize {
+        let mut i = index;
+        let mut count = 0;
+        for level in &self.0[..self.0.len() - 1] {
+            if let Some(sibling) = level.get(i ^ 1) {
+                push(sibling);
+                count += 1;
             }
-            proof
-        })
+            i /= 2;
+        }
+        count
+    }
+
+    /// The inclusion proof of leaf `index`.
+    pub fn proof(&self, index: u64) -> Result<Vec<Hash>, CoreError> {
+        let size = self.size() as u64;
+        if index >= size {
+            return Err(CoreError::IndexOutOfRange { index, size });
+        }
+        let mut proof = Vec::with_capacity(self.0.len());
+        self.each_proof_hash(index as usize, |h| proof.push(*h));
+        Ok(proof)
+    }
+}
+
+/// The inclusion proofs of every leaf, computed in one pass over the tree.
+pub fn inclusion_proofs<L: AsRef<[u8]> + Sync>(leaves: &[L]) -> Vec<Vec<Hash>> {
+    let levels = Levels::new(leaves);
+    (0..leaves.len() as u64)
+        .map(|index| levels.proof(index).expect("index is below the size"))
         .collect()
 }
 
@@ -265,6 +312,13 @@ mod tests {
             }
         }
         assert!(inclusion_proofs::<Vec<u8>>(&[]).is_empty());
+        for n in [0usize, 1, 2, 3, 7, 64, 255, 256, 257, 1025, 1500] {
+            let leaves: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf {i}").into_bytes()).collect();
+            let levels = Levels::new(&leaves);
+            assert_eq!(levels.size(), n);
+            assert_eq!(levels.root(), root(&leaves), "n = {n}");
+            assert!(levels.proof(n as u64).is_err());
+        }
         assert!(matches!(
             inclusion_proof(&[b"a".to_vec()], 1),
             Err(CoreError::IndexOutOfRange { index: 1, size: 1 })

@@ -187,6 +187,87 @@ fn merkle_proofs<'py>(
         .collect()
 }
 
+/// A committed batch's Merkle tree over its leaves (the entries' canonical bytes), hashed
+/// once: every inclusion proof is read from it, and a node's REPLYs are written from it.
+#[pyclass(module = "dropbear._core", frozen)]
+struct MerkleTree {
+    leaves: Vec<PyBackedBytes>,
+    levels: merkle::Levels,
+}
+
+#[pymethods]
+impl MerkleTree {
+    #[new]
+    fn new(py: Python<'_>, leaves: Vec<PyBackedBytes>) -> Self {
+        let levels = py.detach(|| merkle::Levels::new(&leaves));
+        Self { leaves, levels }
+    }
+
+    /// The tree head (SHA-256 of nothing for an empty tree).
+    #[getter]
+    fn root<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.levels.root())
+    }
+
+    fn __len__(&self) -> usize {
+        self.levels.size()
+    }
+
+    /// The leaf at `index` (its bytes as given).
+    fn leaf<'py>(&self, py: Python<'py>, index: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let leaf = self
+            .leaves
+            .get(index as usize)
+            .ok_or(CoreError::IndexOutOfRange {
+                index,
+                size: self.leaves.len() as u64,
+            })?;
+        Ok(PyBytes::new(py, leaf))
+    }
+
+    /// The inclusion proof of leaf `index` (sibling hashes, bottom up).
+    fn proof<'py>(&self, py: Python<'py>, index: u64) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let proof = self.levels.proof(index)?;
+        Ok(proof.iter().map(|h| PyBytes::new(py, h)).collect())
+    }
+
+    /// The encoded REPLY of `node` carrying the certificates of leaves `indices`, signed by
+    /// `key`: the bytes of `dropbear.wire.Reply(...).signed(key).encoded`. Each leaf must be a
+    /// request entry; ValueError names what does not fit.
+    #[allow(clippy::too_many_arguments)]
+    fn reply<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, SigningKey>,
+        group_id: &[u8],
+        node: u16,
+        view: u64,
+        seq: u64,
+        signatures: Vec<(u16, PyBackedBytes)>,
+        indices: Vec<u32>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let key = &key.get().0;
+        let frame = py.detach(|| {
+            let signatures: Vec<(u16, &[u8])> =
+                signatures.iter().map(|(n, s)| (*n, &s[..])).collect();
+            let mut frame = reply::write_reply_body(
+                group_id,
+                node,
+                view,
+                seq,
+                &signatures,
+                &self.leaves,
+                &self.levels,
+                &indices,
+            )?;
+            let signature = crypto::sign(key, &reply::signed_bytes(&frame));
+            frame.extend_from_slice(&signature);
+            Ok::<_, String>(frame)
+        });
+        Ok(PyBytes::new(py, &frame.map_err(PyValueError::new_err)?))
+    }
+}
+
 /// RFC 9162 §2.1.3.2 verification of an inclusion proof; hashes of the wrong length raise.
 #[pyfunction]
 fn merkle_verify(
@@ -479,6 +560,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merkle_verify, m)?)?;
     m.add_function(wrap_pyfunction!(derive_entries, m)?)?;
     m.add_function(wrap_pyfunction!(read_reply, m)?)?;
+    m.add_class::<MerkleTree>()?;
+    m.add(
+        "REPLY_SIGNING_CONTEXT",
+        PyBytes::new(m.py(), reply::SIGNING_CONTEXT),
+    )?;
     m.add("REPLY_MAX_ITEMS", reply::MAX_REPLY_ITEMS)?;
     m.add("REPLY_MAX_NODES", reply::MAX_NODES)?;
     m.add("REPLY_MAX_PROOF_HASHES", reply::MAX_PROOF_HASHES)?;

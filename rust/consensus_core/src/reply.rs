@@ -9,7 +9,7 @@
 //! verify_entry`, and the two must accept and refuse the same bytes.
 
 use crate::entries::{agreed, ENTRY_KIND, ENTRY_VERSION};
-use crate::merkle::{self, Hash};
+use crate::merkle::{self, Hash, Levels};
 
 /// The format version byte, and the REPLY kind byte.
 pub const VERSION: u8 = 0x01;
@@ -19,6 +19,14 @@ pub const MAX_NODES: u16 = 64;
 pub const MAX_REPLY_ITEMS: usize = 256;
 pub const MAX_PROOF_HASHES: usize = 64;
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// What a node's REPLY signature signs before the SHA-256 of the body
+/// (`dropbear.wire.REPLY_SIGNING_CONTEXT`; a test compares them).
+pub const SIGNING_CONTEXT: &[u8] = b"dropbear reply\0";
+/// A request entry up to its votes: version, kind, request digest, client key, request id,
+/// vote count.
+const ENTRY_HEAD_BYTES: usize = 2 + 32 + 32 + 8 + 2;
+const GROUP_ID_BYTES: usize = 32;
+const SIGNATURE_BYTES: usize = 64;
 
 /// A parsed REPLY, borrowing the frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +370,105 @@ pub fn item_problem(
     None
 }
 
+/// The body of the REPLY that carries the certificates of leaves `indices` of the committed
+/// batch whose tree is `levels` over `leaves` (the entries' canonical bytes): the bytes
+/// `dropbear.wire.Reply` writes for it, written here without an object per field (a node
+/// sends each client one per committed batch, a certificate per request). The request ids
+/// come from the entries themselves; a leaf that is not a request entry is refused.
+#[allow(clippy::too_many_arguments)]
+pub fn write_reply_body<L: AsRef<[u8]>>(
+    group_id: &[u8],
+    node: u16,
+    view: u64,
+    seq: u64,
+    signatures: &[(u16, &[u8])],
+    leaves: &[L],
+    levels: &Levels,
+    indices: &[u32],
+) -> Result<Vec<u8>, String> {
+    if group_id.len() != GROUP_ID_BYTES {
+        return Err(format!("group id is {} bytes, expected 32", group_id.len()));
+    }
+    if indices.is_empty() || indices.len() > MAX_REPLY_ITEMS {
+        return Err(format!("{} certificates in one reply", indices.len()));
+    }
+    if signatures.len() > MAX_NODES as usize {
+        return Err(format!("{} commit signatures", signatures.len()));
+    }
+    if leaves.len() != levels.size() {
+        return Err(format!(
+            "{} leaves for a tree of {}",
+            leaves.len(),
+            levels.size()
+        ));
+    }
+    let tree_size =
+        u32::try_from(levels.size()).map_err(|_| format!("tree of {} leaves", levels.size()))?;
+    let mut entries = Vec::with_capacity(indices.len());
+    let mut size = 2 + GROUP_ID_BYTES + 2 + 8 + 8 + 4 + 32 + 2 + 8 * indices.len() + 2;
+    size += signatures.len() * (2 + SIGNATURE_BYTES);
+    for &index in indices {
+        let leaf = leaves
+            .get(index as usize)
+            .ok_or_else(|| format!("leaf {index} of a tree of {tree_size}"))?
+            .as_ref();
+        if leaf.len() < ENTRY_HEAD_BYTES || leaf[0] != ENTRY_VERSION || leaf[1] != ENTRY_KIND {
+            return Err(format!("leaf {index} is not a request entry"));
+        }
+        let entry_len =
+            u32::try_from(leaf.len()).map_err(|_| format!("entry of {} bytes", leaf.len()))?;
+        size += 8 + leaf.len() + 1 + 32 * levels.height();
+        entries.push((index, entry_len, leaf));
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&[VERSION, REPLY_KIND]);
+    out.extend_from_slice(group_id);
+    out.extend_from_slice(&node.to_be_bytes());
+    out.extend_from_slice(&view.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&tree_size.to_be_bytes());
+    out.extend_from_slice(&levels.root());
+    out.extend_from_slice(&(indices.len() as u16).to_be_bytes());
+    for (_, _, leaf) in &entries {
+        out.extend_from_slice(&leaf[66..74]); // the request id, as the entry holds it
+    }
+    out.extend_from_slice(&(signatures.len() as u16).to_be_bytes());
+    for &(signer, signature) in signatures {
+        if signature.len() != SIGNATURE_BYTES {
+            return Err(format!(
+                "commit signature is {} bytes, expected 64",
+                signature.len()
+            ));
+        }
+        out.extend_from_slice(&signer.to_be_bytes());
+        out.extend_from_slice(signature);
+    }
+    for (index, entry_len, leaf) in entries {
+        out.extend_from_slice(&index.to_be_bytes());
+        out.extend_from_slice(&entry_len.to_be_bytes());
+        out.extend_from_slice(leaf);
+        let count_at = out.len();
+        out.push(0);
+        let count = levels.each_proof_hash(index as usize, |h| out.extend_from_slice(h));
+        if count > MAX_PROOF_HASHES {
+            return Err(format!("{count} proof hashes"));
+        }
+        out[count_at] = count as u8;
+    }
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(format!("reply of {} bytes", out.len()));
+    }
+    Ok(out)
+}
+
+/// What a node signs for a REPLY of body `body`: the context, then the body's SHA-256.
+pub fn signed_bytes(body: &[u8]) -> Vec<u8> {
+    let mut signed = Vec::with_capacity(SIGNING_CONTEXT.len() + 32);
+    signed.extend_from_slice(SIGNING_CONTEXT);
+    signed.extend_from_slice(&merkle::sha256(body));
+    signed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +537,51 @@ mod tests {
             .contains("truncated"));
         assert!(read_reply(&[1, 0x0c]).unwrap_err().contains("truncated"));
         assert!(read_reply(&[1, 0x0b]).unwrap_err().contains("not a REPLY"));
+    }
+
+    #[test]
+    fn a_written_reply_reads_back_with_every_proof() {
+        let v = [7u8; 32];
+        let leaves: Vec<Vec<u8>> = (0..13u64)
+            .map(|i| {
+                encode_entry(
+                    &[i as u8; 32],
+                    &[2; 32],
+                    100 + i,
+                    &[(0, &v, 4, 0.5), (1, &v, 4, 0.5), (2, &v, 4, 0.5)],
+                    4,
+                    3,
+                    true,
+                )
+            })
+            .collect();
+        let levels = Levels::new(&leaves);
+        let signature = [9u8; 64];
+        let signatures = [(0u16, &signature[..]), (2, &signature[..])];
+        let indices = [12u32, 0, 5];
+        let mut frame =
+            write_reply_body(&[3; 32], 1, 4, 77, &signatures, &leaves, &levels, &indices).unwrap();
+        frame.extend_from_slice(&[8; 64]);
+        let reply = read_reply(&frame).unwrap();
+        assert_eq!((reply.node, reply.view, reply.seq), (1, 4, 77));
+        assert_eq!((reply.tree_size, reply.root), (13, &levels.root()[..]));
+        assert_eq!(reply.signatures.len(), 2);
+        for (item, &index) in reply.items.iter().zip(&indices) {
+            assert_eq!(item.leaf_index, index);
+            assert_eq!(item.leaf, &leaves[index as usize][..]);
+            assert_eq!(item.entry.request_id, 100 + index as u64);
+            assert_eq!(item.proof, levels.proof(index as u64).unwrap());
+            assert_eq!(item_problem(&reply, item, &[3; 32], 3, 3, 4), None);
+        }
+        let write = |group: &[u8], indices: &[u32], leaves: &[Vec<u8>]| {
+            write_reply_body(group, 1, 4, 77, &signatures, leaves, &levels, indices).unwrap_err()
+        };
+        assert!(write(&[3; 31], &indices, &leaves).contains("group id is 31 bytes"));
+        assert!(write(&[3; 32], &[], &leaves).contains("0 certificates"));
+        assert!(write(&[3; 32], &[13], &leaves).contains("leaf 13 of a tree of 13"));
+        assert!(write(&[3; 32], &[0], &leaves[..12]).contains("12 leaves for a tree of 13"));
+        let mut other = leaves.clone();
+        other[0][1] = 0x0c;
+        assert!(write(&[3; 32], &[0], &other).contains("not a request entry"));
     }
 }
