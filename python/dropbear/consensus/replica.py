@@ -578,45 +578,51 @@ class Replica:
         candidates: list[Request] = []
         seen: set[bytes] = set()
         retransmitted = False
+        gid, held, by_client, replies = self.gid, self._requests, self._by_client, self._replies
+        windows = self.state.clients
+        room = L.MAX_PENDING_REQUESTS - len(held)  # for new requests, this call's included
         for request in requests:
             head = request.header
             digest = head.digest
-            if head.group_id != self.gid or digest in seen:
+            if head.group_id != gid or digest in seen:
                 continue
             seen.add(digest)
             if not request.data_matches():
                 refuse_with(head, "the input bytes do not match the signed input digest")
                 continue
-            if digest in self._requests:  # a retransmission: help the stragglers
+            if digest in held:  # a retransmission: help the stragglers
                 mine = self._my_votes.get(digest)
                 if mine is not None:
                     self._share_votes((digest,))
                 retransmitted = True
                 continue
-            cached = self._replies.get((head.client, head.request_id))
-            if cached is not None:
-                kept, index = cached
-                entry = kept.entry_of(index, digest)
-                if entry is not None:
-                    self._out.append(Reply(head.client, kept.tree, ((index, entry),)))
-                    continue
-            if not self.state.fresh(head.client, head.request_id):
-                refuse_with(head, f"request id {head.request_id} was ordered already or is "
+            client, request_id = head.client, head.request_id
+            if replies:
+                cached = replies.get((client, request_id))
+                if cached is not None:
+                    kept, index = cached
+                    entry = kept.entry_of(index, digest)
+                    if entry is not None:
+                        self._out.append(Reply(client, kept.tree, ((index, entry),)))
+                        continue
+            window = windows.get(client)
+            if window is not None and not window.fresh(request_id):
+                refuse_with(head, f"request id {request_id} was ordered already or is "
                                    f"below the client's replay window (ids must stay within "
                                    f"MAX_INFLIGHT_PER_CLIENT={L.MAX_INFLIGHT_PER_CLIENT} of "
                                    "the oldest unordered one)")
                 continue
-            pending = self._by_client.get(head.client, ())
-            if len(pending) >= L.MAX_INFLIGHT_PER_CLIENT:
+            pending = by_client.get(client)
+            if pending is not None and len(pending) >= L.MAX_INFLIGHT_PER_CLIENT:
                 refuse_with(head, f"client has {len(pending)} requests pending "
                                    f"(MAX_INFLIGHT_PER_CLIENT={L.MAX_INFLIGHT_PER_CLIENT})",
                             transient=True)
                 continue
-            if len(self._requests) + len(candidates) >= L.MAX_PENDING_REQUESTS:
+            if len(candidates) >= room:
                 refuse_with(head, f"node busy: {L.MAX_PENDING_REQUESTS} requests pending "
                                    "(MAX_PENDING_REQUESTS)", transient=True)
                 continue
-            if len(self._by_client) >= L.MAX_CLIENTS and head.client not in self._by_client:
+            if pending is None and len(by_client) >= L.MAX_CLIENTS:
                 refuse_with(head, f"{L.MAX_CLIENTS} clients have requests pending "
                                    "(MAX_CLIENTS)", transient=True)
                 continue
@@ -1003,20 +1009,25 @@ class Replica:
         full = False
         largest = self.config.max_batch_entries
         requests, all_votes, expired = self._requests, self._votes, self._expired
-        versions, convicted = projected.versions, self.convicted
+        versions, convicted, waiting = projected.versions, self.convicted, self._waiting
         for digest in self._unproposed_now():
             if len(headers) >= largest:
                 full = True
                 break
+            known = all_votes.get(digest)
+            if known is None:
+                continue
+            if digest in waiting and len(known.by_node) < n and digest not in expired:
+                # Still fewer than n votes and its wait not over: it waits on, whatever the
+                # checks below would find (each of them would skip it too). The batcher looks
+                # at every unproposed request each time it runs: this is most of them.
+                continue
             request = requests.get(digest)
             if request is None or digest in in_flight:
                 continue  # its votes came before it, or it is proposed already
             head = request.header
             key = (head.client, head.request_id)
             if key in used or not projected.fresh(*key):
-                continue
-            known = all_votes.get(digest)
-            if known is None:
                 continue
             # The votes that count: of the projected model version, from nodes not convicted
             # (as _current_votes, without its dict).
@@ -1025,8 +1036,8 @@ class Replica:
             if len(votes) < quorum:
                 continue
             if len(votes) < n and digest not in expired:
-                if digest not in self._waiting:
-                    self._waiting.add(digest)
+                if digest not in waiting:
+                    waiting.add(digest)
                     if VOTE_WAIT not in self._running:
                         self._set_timer(VOTE_WAIT, self.config.vote_wait)
                 continue
