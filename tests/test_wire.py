@@ -233,7 +233,7 @@ def test_request_fast_reader_agrees_with_the_general_reader(dtype, shape, flips,
     for dim in shape:
         size *= dim
     request = Request.create(K[0], GID, 5, dtype, shape, bytes(size))
-    assert wire._parse_header(request.encoded) is not None  # the fast path is the one taken
+    assert _core.read_request(request.encoded) is not None  # the fast path is the one taken
     data = bytearray(request.encoded)
     for position, value in flips:  # the header's fields: lengths, dtype, rank, shape
         data[position % len(data)] = value
@@ -252,6 +252,20 @@ def test_request_fast_reader_agrees_with_the_general_reader(dtype, shape, flips,
         got = cls.decode(part)
         assert got == expected and got.body == expected.body and got.digest == expected.digest
         assert got.encoded == part
+
+
+def test_the_core_request_reader_knows_the_wire_dtypes_and_limits():
+    from dropbear.limits import MAX_INPUT_RANK, MAX_REQUEST_BYTES
+
+    assert sorted(_core.REQUEST_DTYPES) == sorted(wire.DTYPES)
+    assert (_core.REQUEST_MAX_INPUT_RANK, _core.REQUEST_MAX_BYTES) == (MAX_INPUT_RANK,
+                                                                       MAX_REQUEST_BYTES)
+    for dtype in wire.DTYPES:  # the core's item sizes: its fast path takes every dtype
+        request = Request.create(K[0], GID, 5, dtype, (3, 2), bytes(6 * wire.DTYPES[dtype]))
+        fields = _core.read_request(request.encoded)
+        assert fields is not None and wire._DTYPE_BY_INDEX[fields[3]] == dtype
+        assert _core.read_request_header(request.header.encoded) is not None
+        assert _core.read_request_header(request.encoded) is None  # not all of it
 
 
 @pytest.mark.parametrize("rank", [0, 2, wire.MAX_INPUT_RANK, wire.MAX_INPUT_RANK + 1, 255])

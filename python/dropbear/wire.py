@@ -503,9 +503,9 @@ class RequestHeader(Message):
 
     @classmethod
     def decode(cls, data: bytes) -> RequestHeader:
-        parsed = _parse_header(data)
-        if parsed is not None and parsed[1] == len(data):
-            return parsed[0]
+        fields = _core.read_request_header(data)  # see Request.decode
+        if fields is not None:
+            return _header_of(fields)
         return super().decode(data)  # the general reader names what is wrong
 
     @classmethod
@@ -530,7 +530,6 @@ _SHAPES = [struct.Struct(f">{rank}I") for rank in range(MAX_INPUT_RANK + 1)]
 _REQUEST_FIXED = struct.Struct(f">BB{DIGEST_BYTES}s{KEY_BYTES}sQH")
 """A REQUEST header up to its dtype: version, kind, group id, client key, request id, dtype
 length."""
-_DTYPE_NAMES = {name.encode(): name for name in DTYPES}
 
 
 @functools.cache
@@ -548,35 +547,21 @@ def _trusted(cls: type[M], fields: dict[str, Any]) -> M:
     return message
 
 
-def _parse_header(data: bytes) -> tuple[RequestHeader, int] | None:
-    """The REQUEST header at the start of ``data`` and where it ends, read at fixed offsets
-    in one pass; None when anything is out of the ordinary (then the general reader, which
-    accepts exactly the same headers, names the fault). The fields are checked here as
-    ``RequestHeader.__post_init__`` checks them: a known dtype, a rank within
-    MAX_INPUT_RANK; the struct formats bound the request id and the dimensions."""
-    size = len(data)
-    fixed = _REQUEST_FIXED.size
-    if size < fixed:
-        return None
-    version, kind, group_id, client, request_id, dtype_length = _REQUEST_FIXED.unpack_from(data)
-    rank_at = fixed + dtype_length
-    dtype = _DTYPE_NAMES.get(data[fixed:rank_at])
-    if version != VERSION or kind != Kind.REQUEST or dtype is None or rank_at >= size:
-        return None
-    rank = data[rank_at]
-    digest_at = rank_at + 1 + 4 * rank
-    signature_at = digest_at + DIGEST_BYTES
-    end = signature_at + SIGNATURE_BYTES
-    if rank > MAX_INPUT_RANK or end > size:
-        return None
-    head = _trusted(RequestHeader, {
-        "group_id": group_id, "client": client, "request_id": request_id, "dtype": dtype,
-        "shape": _SHAPES[rank].unpack_from(data, rank_at + 1),
-        "input_digest": data[digest_at:signature_at],
-        "signature": data[signature_at:end],
-        "body": data[:signature_at],
+_DTYPE_BY_INDEX: tuple[str, ...] = _core.REQUEST_DTYPES
+"""The dtype names in the Rust core's order (``_core.read_request`` gives an index); the same
+names as DTYPES (tests/test_wire.py)."""
+
+
+def _header_of(fields: tuple) -> RequestHeader:
+    """The RequestHeader of the fields ``_core.read_request`` read, checked there as
+    ``RequestHeader.__post_init__`` checks them: a known dtype, a rank within MAX_INPUT_RANK,
+    the request id and the dimensions within their fields' widths."""
+    group_id, client, request_id, dtype, shape, input_digest, signature, body = fields[:8]
+    return _trusted(RequestHeader, {
+        "group_id": group_id, "client": client, "request_id": request_id,
+        "dtype": _DTYPE_BY_INDEX[dtype], "shape": shape, "input_digest": input_digest,
+        "signature": signature, "body": body,
     })
-    return head, end
 
 
 @dataclass(frozen=True)
@@ -642,25 +627,19 @@ class Request(Message):
     @classmethod
     def decode(cls, data: bytes) -> Request:
         """Well-formed requests (every one an honest client sends) are read at fixed
-        offsets, one pass; anything else goes to the general reader, which names the
-        fault. Both accept exactly the same bytes (tests/test_wire.py)."""
-        parsed = _parse_header(data) if len(data) <= MAX_MESSAGE_BYTES else None
-        if parsed is not None:
-            head, end = parsed
-            data_at = end + 4
-            if data_at <= len(data):
-                (length,) = _U32.unpack_from(data, end)
-                if (length == len(data) - data_at and length <= MAX_REQUEST_BYTES
-                        and length == head.input_bytes):
-                    # A PRE-PREPARE carries these header bytes again: share the object.
-                    header_bytes = data[:end]
-                    known = MEMO.get(RequestHeader, header_bytes)
-                    if known is None:
-                        MEMO.put(header_bytes, head)
-                    else:
-                        head = known
-                    return _trusted(Request, {"header": head, "data": data[data_at:]})
-        return super().decode(data)
+        offsets, in one pass, by the Rust core (``_core.read_request``); anything else goes
+        to the general reader, which names the fault. Both accept exactly the same bytes
+        (tests/test_wire.py)."""
+        fields = _core.read_request(data)
+        if fields is None:
+            return super().decode(data)
+        # A PRE-PREPARE carries these header bytes again: share the object.
+        header_bytes = fields[8]
+        head = MEMO.get(RequestHeader, header_bytes)
+        if head is None:
+            head = _header_of(fields)
+            MEMO.put(header_bytes, head)
+        return _trusted(Request, {"header": head, "data": fields[9]})
 
     @classmethod
     def _read(cls, r: Reader) -> Request:
@@ -1628,10 +1607,9 @@ def decode(data: bytes) -> Message:
         raise WireError(f"message of {len(data)} bytes is too short")
     if data[0] != VERSION:
         raise WireError(f"unknown version {data[0]}, expected {VERSION}")
-    try:
-        cls = MESSAGE_TYPES[Kind(data[1])]
-    except (ValueError, KeyError):
-        raise WireError(f"unknown message kind {data[1]:#04x}") from None
+    cls = MESSAGE_TYPES.get(data[1])  # Kind is an IntEnum: its byte finds it (no Kind() call)
+    if cls is None:
+        raise WireError(f"unknown message kind {data[1]:#04x}")
     try:
         if cls is Votes:
             return MEMO.decode(Votes, data)

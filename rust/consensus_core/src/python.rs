@@ -14,6 +14,7 @@ use crate::error::CoreError;
 use crate::merkle::{self, Hash};
 use crate::quorum;
 use crate::reply;
+use crate::request;
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {
@@ -265,6 +266,50 @@ impl MerkleTree {
             Ok::<_, String>(frame)
         });
         Ok(PyBytes::new(py, &frame.map_err(PyValueError::new_err)?))
+    }
+}
+
+/// The fields of a well-formed REQUEST header, as `read_request` gives them.
+fn header_fields<'py>(py: Python<'py>, h: &request::Header<'_>) -> PyResult<Bound<'py, PyTuple>> {
+    let dtype = request::DTYPES
+        .iter()
+        .position(|(name, _)| *name == h.dtype)
+        .expect("a dtype read from the table");
+    (
+        PyBytes::new(py, h.group_id),
+        PyBytes::new(py, h.client),
+        h.request_id,
+        dtype,
+        PyTuple::new(py, &h.shape)?,
+        PyBytes::new(py, h.input_digest),
+        PyBytes::new(py, h.signature),
+        PyBytes::new(py, h.body),
+        PyBytes::new(py, h.encoded),
+    )
+        .into_pyobject(py)
+}
+
+/// A well-formed REQUEST frame read at fixed offsets: `(group id, client key, request id,
+/// dtype index in REQUEST_DTYPES, shape, input digest, signature, signed body, encoded
+/// header, input bytes)`; None for anything else (the general reader names the fault).
+#[pyfunction]
+fn read_request<'py>(py: Python<'py>, frame: &[u8]) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let Some((header, data)) = request::read_request(frame) else {
+        return Ok(None);
+    };
+    let fields = header_fields(py, &header)?;
+    let mut all: Vec<Bound<'py, PyAny>> = fields.iter().collect();
+    all.push(PyBytes::new(py, data).into_any());
+    Ok(Some(PyTuple::new(py, all)?))
+}
+
+/// A well-formed REQUEST header that is all of `data`: `read_request`'s fields without the
+/// input; None for anything else.
+#[pyfunction]
+fn read_request_header<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    match request::read_header(data) {
+        Some(header) if header.encoded.len() == data.len() => Ok(Some(header_fields(py, &header)?)),
+        _ => Ok(None),
     }
 }
 
@@ -561,6 +606,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(derive_entries, m)?)?;
     m.add_function(wrap_pyfunction!(read_reply, m)?)?;
     m.add_class::<MerkleTree>()?;
+    m.add_function(wrap_pyfunction!(read_request, m)?)?;
+    m.add_function(wrap_pyfunction!(read_request_header, m)?)?;
+    m.add(
+        "REQUEST_DTYPES",
+        PyTuple::new(m.py(), request::DTYPES.iter().map(|(name, _)| *name))?,
+    )?;
+    m.add("REQUEST_MAX_INPUT_RANK", request::MAX_INPUT_RANK)?;
+    m.add("REQUEST_MAX_BYTES", request::MAX_REQUEST_BYTES)?;
     m.add(
         "REPLY_SIGNING_CONTEXT",
         PyBytes::new(m.py(), reply::SIGNING_CONTEXT),
