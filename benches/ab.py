@@ -11,7 +11,8 @@ this compares, unless ``--old-extension`` names the A side's own build (a copy o
 ``python/dropbear/_core*.so`` kept from before the change). Otherwise only ``python/``
 differs between the sides: both run the working tree's ``benches/`` (the load generator,
 the plain servers), so a change under ``benches/`` needs runs by hand. Prints each run,
-then both sides' medians and the new/old ratios.
+then both sides' medians, their ratio, and the median of the pairs' own new/old ratios
+(the figure to read when the machine's speed drifted during the runs).
 
     cp python/dropbear/_core.abi3.so /tmp/core-old.so   # before rebuilding
     .venv/bin/python benches/ab.py --old HEAD --old-extension /tmp/core-old.so -- \\
@@ -92,10 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         old = statistics.median(r[key] for r in results["old"])
         new = statistics.median(r[key] for r in results["new"])
         higher_is_better = key in HIGHER_IS_BETTER
+        pairs = list(zip(results["old"], results["new"], strict=True))
         better = sum((n[key] > o[key]) if higher_is_better else (n[key] < o[key])
-                     for o, n in zip(results["old"], results["new"], strict=True))
+                     for o, n in pairs)
+        # Each pair's own ratio: the two runs of a pair are a minute apart, so a drift of the
+        # machine's speed over the whole A/B moves it less than the ratio of the medians.
+        paired = statistics.median(n[key] / o[key] for o, n in pairs if o[key])
         print(f"median {key}: old {old:.2f}  new {new:.2f}  new/old {new / old:.3f}  "
-              f"(new better in {better} of {args.pairs} pairs)")
+              f"pairs' median ratio {paired:.3f}  (new better in {better} of {args.pairs} "
+              "pairs)")
     return 0
 
 
