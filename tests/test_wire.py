@@ -213,6 +213,40 @@ def test_request_round_trip(request_id, dtype, shape):
     assert wire.decode(request.encoded) == request
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.integers(0, 2**64 - 1), st.integers(-3, 2**64 + 3)),
+    st.one_of(st.sampled_from(sorted(wire.DTYPES)), st.sampled_from(["complex64", ""])),
+    st.lists(st.one_of(st.integers(0, 4), st.integers(-1, 2**32)), max_size=10),
+    st.integers(-2, 2),
+    st.sampled_from([32, 31]),
+)
+def test_request_create_packs_what_the_dataclasses_would(request_id, dtype, shape, extra, gid):
+    """``Request.create`` packs the header at once; the dataclasses' own checks and
+    encoding are the reference: the same request, or the same refusal."""
+    size = wire.DTYPES.get(dtype, 1)
+    for dim in shape:
+        size *= dim if 0 <= dim <= 4 else 0
+    data = bytes(max(0, size + extra))
+    group_id = GID[:gid]
+
+    def reference():
+        head = wire.RequestHeader(group_id, K[0].public_key, request_id, dtype, tuple(shape),
+                                  _core.sha256(data)).signed(K[0])
+        return Request(head, data)
+
+    try:
+        expected = reference()
+        expected_encoding = expected.encoded
+    except (ValueError, struct.error) as error:
+        with pytest.raises(type(error), match=re.escape(str(error))):
+            Request.create(K[0], group_id, request_id, dtype, shape, data)
+        return
+    got = Request.create(K[0], group_id, request_id, dtype, shape, data)
+    assert got == expected and got.encoded == expected_encoding
+    assert got.header.body == expected.header.body and got.digest == expected.digest
+
+
 def general_decode(cls, data):
     """``cls``'s message in ``data`` by the general reader alone (no fixed-offset path)."""
     return super(cls, cls).decode(data)

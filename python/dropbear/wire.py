@@ -592,11 +592,31 @@ class Request(Message):
         shape: Sequence[int],
         data: bytes,
     ) -> Request:
-        """A request signed by the client ``key``."""
-        head = RequestHeader(
-            group_id, key.public_key, request_id, dtype, tuple(shape), _core.sha256(data)
-        )
-        return Request(head.signed(key), bytes(data))
+        """A request signed by the client ``key``. The header's bytes are packed at once (a
+        client makes one per request); anything :class:`RequestHeader` or :class:`Request`
+        would refuse goes through them, and they name the fault."""
+        shape, data = tuple(shape), bytes(data)
+        client, item = key.public_key, DTYPES.get(dtype)
+        try:
+            if item is None or len(shape) > MAX_INPUT_RANK or len(group_id) != DIGEST_BYTES:
+                raise ValueError
+            # The struct formats refuse a request id or dimension out of its field's range.
+            fixed = _REQUEST_FIXED.pack(VERSION, Kind.REQUEST, group_id, client, request_id,
+                                        len(dtype))
+            dims = _SHAPES[len(shape)].pack(*shape)
+            if len(data) > MAX_REQUEST_BYTES or len(data) != math.prod(shape) * item:
+                raise ValueError
+        except (ValueError, TypeError, struct.error):
+            head = RequestHeader(group_id, client, request_id, dtype, shape, _core.sha256(data))
+            return Request(head.signed(key), data)
+        input_digest = _core.sha256(data)
+        body = b"".join((fixed, dtype.encode(), _U8.pack(len(shape)), dims, input_digest))
+        head = _trusted(RequestHeader, {
+            "group_id": group_id, "client": client, "request_id": request_id, "dtype": dtype,
+            "shape": shape, "input_digest": input_digest, "signature": key.sign(body),
+            "body": body,
+        })
+        return _trusted(Request, {"header": head, "data": data})
 
     def verify(self, public_key: bytes) -> bool:
         """Whether the client signature verifies (see :meth:`RequestHeader.verify`)."""
