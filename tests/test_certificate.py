@@ -367,6 +367,10 @@ def test_the_core_refuses_a_reply_it_cannot_write():
     bad_signature = CommittedTree(M.group_id, 1, 8, ((0, b"short"),), tree.merkle)
     with pytest.raises(WireError, match="commit signature is 5 bytes, expected 64"):
         bad_signature.reply_frame(0, [0], key)
+    with pytest.raises(WireError, match="reply fields do not fit their widths"):
+        tree.reply_frame(0, [-1], key)
+    with pytest.raises(WireError, match="reply fields do not fit their widths"):
+        tree.reply_frame(2**16, [0], key)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 8, 9, 17])

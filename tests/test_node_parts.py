@@ -255,3 +255,58 @@ async def test_client_requests_with_bad_inputs_are_refused_and_the_rest_go_on_in
     assert reasons == {3: "input shape [28, 28, 1] is not the model's [8, 8, 1]",
                        1: "input holds 1 NaN or inf values",
                        4: "input holds 8 NaN or inf values"}
+
+
+async def test_the_intake_queue_is_bounded_and_hands_over_in_batches(monkeypatch):
+    """Past NODE_INTAKE_QUEUE waiting requests a client hears "node busy" (transient) and
+    nothing is queued; the intake loop, woken by the first request, hands the queue to the
+    replica in batches of at most NODE_INTAKE_BATCH, in arrival order."""
+    import numpy as np
+    from dropbear import control, limits
+    from dropbear.inference import ModelRepository
+    from dropbear.inference.null import NullExecutor
+    from dropbear.net import PeerIdentity, Role
+    from dropbear.node import Node
+    from dropbear.wire import Request
+    from sim.group import key, make_group
+
+    monkeypatch.setattr(limits, "NODE_INTAKE_QUEUE", 5)
+    monkeypatch.setattr(limits, "NODE_INTAKE_BATCH", 2)
+    group = make_group(4)
+    manifest = group.manifest
+    executor = NullExecutor(ModelRepository("models").config("digits-mlp"),
+                            manifest.nodes[0].model_version.hex())
+    node = Node(manifest, 0, group.node_keys[0], executor, ModelRepository("models"))
+    handled: list = []
+    node._handle = handled.append
+
+    class Answers:
+        def __init__(self):
+            self.frames: list[bytes] = []
+
+        def send(self, payload: bytes) -> bool:
+            self.frames.append(payload)
+            return True
+
+    client = key("intake/bounded")
+    peer, answers = PeerIdentity(Role.CLIENT, client.public_key), Answers()
+    x = np.ones((8, 8, 1), "<f4").tobytes()
+    frames = [Request.create(client, manifest.group_id, i, "float32", (8, 8, 1), x).encoded
+              for i in range(7)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._intake_loop)
+        await trio.sleep(0.01)  # the loop waits for the first request
+        for frame in frames:  # no checkpoint between them: all queue before the loop runs
+            node._on_client_frame(peer, frame, answers)
+        assert len(node._intake) == 5
+        await trio.sleep(0.05)
+        assert not node._intake
+        node._on_client_frame(peer, frames[0], answers)  # the loop waits again: woken
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert [[r.header.request_id for r in e.requests] for e in handled] == \
+        [[0, 1], [2, 3], [4], [0]]
+    refused = [control.decode(frame)[1] for frame in answers.frames]
+    assert [(b["request_id"], b["transient"]) for b in refused] == [(5, True), (6, True)]
+    assert all("node busy: 5 requests waiting (NODE_INTAKE_QUEUE)" == b["reason"]
+               for b in refused)

@@ -247,6 +247,19 @@ def test_request_create_packs_what_the_dataclasses_would(request_id, dtype, shap
     assert got.header.body == expected.header.body and got.digest == expected.digest
 
 
+def test_the_fast_reader_takes_a_zero_dimension_beside_huge_ones():
+    """A zero dimension makes the input empty, whatever the product of the others would
+    overflow to: the core's reader takes it, as the general reader does."""
+    request = Request.create(K[0], GID, 5, "float64", (2**32 - 1, 2**32 - 1, 2**32 - 1, 0), b"")
+    assert _core.read_request(request.encoded) is not None
+    assert wire.decode(request.encoded) == request == general_decode(Request, request.encoded)
+
+
+def test_request_create_refuses_data_that_is_not_bytes():
+    with pytest.raises(TypeError):
+        Request.create(K[0], GID, 5, "uint8", (3,), 3)
+
+
 def general_decode(cls, data):
     """``cls``'s message in ``data`` by the general reader alone (no fixed-offset path)."""
     return super(cls, cls).decode(data)

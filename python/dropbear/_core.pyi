@@ -107,9 +107,10 @@ class MerkleTree:
         """The tree head (``SHA-256(b"")`` for no leaves)."""
     def __len__(self) -> int: ...
     def leaf(self, index: int) -> bytes:
-        """The leaf at ``index``; IndexError when out of range."""
+        """The leaf at ``index``; IndexError past the last, OverflowError below 0."""
     def proof(self, index: int) -> list[bytes]:
-        """The inclusion proof of leaf ``index``, bottom up; IndexError when out of range."""
+        """The inclusion proof of leaf ``index``, bottom up; IndexError past the last leaf,
+        OverflowError below 0."""
     def reply(
         self,
         key: SigningKey,
@@ -123,7 +124,9 @@ class MerkleTree:
         """The encoded REPLY of ``node`` with the certificates of leaves ``indices`` (each a
         request entry), signed by ``key``: ``wire.Reply(...).signed(key).encoded``'s bytes.
         ValueError names what does not fit (no or too many items, a leaf that is not an
-        entry, an index out of range, a signature of the wrong length)."""
+        entry, an index out of range, a signature of the wrong length); OverflowError for a
+        number outside its field's width (``CommittedTree.reply_frame`` makes both
+        WireError)."""
 
 def derive_entries(
     group_id: bytes,
@@ -154,6 +157,30 @@ REPLY_MAX_PROOF_HASHES: int
 """Hashes one inclusion proof may have (``wire.MAX_PROOF_HASHES``)."""
 REPLY_MAX_MESSAGE_BYTES: int
 """Largest frame :func:`read_reply` reads (``limits.MAX_MESSAGE_BYTES``)."""
+REQUEST_DTYPES: tuple[str, ...]
+"""The dtypes a REQUEST may name (``wire.DTYPES``), in the order :func:`read_request`
+numbers them."""
+REQUEST_MAX_INPUT_RANK: int
+"""Most dimensions of a REQUEST's input (``limits.MAX_INPUT_RANK``)."""
+REQUEST_MAX_BYTES: int
+"""Largest input of one REQUEST (``limits.MAX_REQUEST_BYTES``)."""
+
+def read_request(
+    frame: bytes,
+) -> tuple[bytes, bytes, int, int, tuple[int, ...], bytes, bytes, bytes, bytes, bytes] | None:
+    """A well-formed REQUEST frame read at fixed offsets: ``(group id, client key, request
+    id, dtype index in REQUEST_DTYPES, shape, input digest, signature, signed body, encoded
+    header, input bytes)``; None for anything else (``wire``'s general reader then names the
+    fault). Well-formed: version and kind bytes, a known dtype, a rank within the limit,
+    nothing cut off, and an input of exactly the size the shape and dtype call for, within
+    REQUEST_MAX_BYTES."""
+
+def read_request_header(
+    data: bytes,
+) -> tuple[bytes, bytes, int, int, tuple[int, ...], bytes, bytes, bytes, bytes] | None:
+    """A well-formed REQUEST header that is all of ``data``: :func:`read_request`'s fields
+    without the input bytes; None for anything else."""
+
 REPLY_SIGNING_CONTEXT: bytes
 """What a REPLY's signature signs before its body's SHA-256 (``wire.REPLY_SIGNING_CONTEXT``)."""
 

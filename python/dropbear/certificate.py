@@ -100,8 +100,11 @@ class CommittedTree:
         try:
             return self.merkle.reply(key, self.group_id, node, self.view, self.seq,
                                      list(self.signatures), list(leaf_indices))
-        except (ValueError, OverflowError) as error:
+        except ValueError as error:
             raise WireError(str(error)) from None
+        except (OverflowError, TypeError) as error:  # a field out of its width, or no int
+            raise WireError(f"reply fields do not fit their widths (node {node!r}, leaf "
+                            f"indices {list(leaf_indices)[:8]!r}): {error}") from None
 
 
 @dataclass(frozen=True, eq=False)

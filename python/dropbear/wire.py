@@ -595,6 +595,7 @@ class Request(Message):
         """A request signed by the client ``key``. The header's bytes are packed at once (a
         client makes one per request); anything :class:`RequestHeader` or :class:`Request`
         would refuse goes through them, and they name the fault."""
+        input_digest = _core.sha256(data)  # (TypeError for anything but bytes-like data)
         shape, data = tuple(shape), bytes(data)
         client, item = key.public_key, DTYPES.get(dtype)
         try:
@@ -607,9 +608,8 @@ class Request(Message):
             if len(data) > MAX_REQUEST_BYTES or len(data) != math.prod(shape) * item:
                 raise ValueError
         except (ValueError, TypeError, struct.error):
-            head = RequestHeader(group_id, client, request_id, dtype, shape, _core.sha256(data))
+            head = RequestHeader(group_id, client, request_id, dtype, shape, input_digest)
             return Request(head.signed(key), data)
-        input_digest = _core.sha256(data)
         body = b"".join((fixed, dtype.encode(), _U8.pack(len(shape)), dims, input_digest))
         head = _trusted(RequestHeader, {
             "group_id": group_id, "client": client, "request_id": request_id, "dtype": dtype,

@@ -455,8 +455,8 @@ pub fn write_reply_body<L: AsRef<[u8]>>(
         }
         out[count_at] = count as u8;
     }
-    if out.len() > MAX_MESSAGE_BYTES {
-        return Err(format!("reply of {} bytes", out.len()));
+    if out.len() + SIGNATURE_BYTES > MAX_MESSAGE_BYTES {
+        return Err(format!("reply of {} bytes", out.len() + SIGNATURE_BYTES));
     }
     Ok(out)
 }

@@ -51,9 +51,13 @@ pub struct Header<'a> {
 }
 
 impl Header<'_> {
-    /// The input size the shape and dtype call for; None past any limit.
+    /// The input size the shape and dtype call for; None when it does not fit a u64 (far
+    /// past any limit). A zero dimension makes it 0 whatever the others are.
     pub fn input_bytes(&self) -> Option<u64> {
         let item = DTYPES.iter().find(|(name, _)| *name == self.dtype)?.1;
+        if self.shape.contains(&0) {
+            return Some(0);
+        }
         self.shape
             .iter()
             .try_fold(item, |size, &d| size.checked_mul(u64::from(d)))
@@ -167,6 +171,9 @@ mod tests {
         assert_eq!(read_header(header.encoded), Some(header.clone()));
         let scalar = request("uint8", &[], &[5]);
         assert_eq!(read_request(&scalar).unwrap().1, &[5u8][..]);
+        // Dimensions whose product overflows, times a zero one: an empty input.
+        let empty = request("float64", &[u32::MAX, u32::MAX, u32::MAX, 0], &[]);
+        assert!(read_request(&empty).unwrap().1.is_empty());
     }
 
     #[test]
