@@ -630,8 +630,10 @@ class Request(Message):
     def body(self) -> bytes:  # type: ignore[override]
         return self.header.body
 
-    @property
-    def digest(self) -> bytes:  # type: ignore[override]
+    @cached_property
+    def digest(self) -> bytes:
+        """The request digest: the header's (cached here too: a node asks for it about six
+        times per request, and a later access is then a plain attribute read)."""
         return self.header.digest
 
     @property
