@@ -636,11 +636,11 @@ class Request(Message):
         times per request, and a later access is then a plain attribute read)."""
         return self.header.digest
 
-    @property
-    def encoded(self) -> bytes:  # type: ignore[override]
-        w = Writer()
-        w.blob(self.data)
-        return self.header.encoded + w.getvalue()
+    @cached_property
+    def encoded(self) -> bytes:
+        """The header, then the input behind its 4-byte length (the frame a client sends to
+        every node, and again on each re-send)."""
+        return b"".join((self.header.encoded, _U32.pack(len(self.data)), self.data))
 
     def data_matches(self) -> bool:
         """Whether the input bytes hash to the signed input digest."""
