@@ -369,6 +369,10 @@ def test_the_core_refuses_a_reply_it_cannot_write():
         bad_signature.reply_frame(0, [0], key)
     with pytest.raises(WireError, match="reply fields do not fit their widths"):
         tree.reply_frame(0, [-1], key)
+    for index in (-1, 3):
+        with pytest.raises(IndexError, match=f"leaf index {index} is out of range for a tree "
+                                             "of 3"):
+            tree.proof(index)
     with pytest.raises(WireError, match="reply fields do not fit their widths"):
         tree.reply_frame(2**16, [0], key)
 

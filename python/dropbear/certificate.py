@@ -63,14 +63,19 @@ class CommittedTree:
 
     @property
     def tree_size(self) -> int:
+        """The number of leaves."""
         return len(self.merkle)
 
     @cached_property
     def root(self) -> bytes:
+        """The tree head, which the COMMIT statement names."""
         return self.merkle.root
 
     def proof(self, leaf_index: int) -> tuple[bytes, ...]:
-        """The inclusion proof of leaf ``leaf_index``."""
+        """The inclusion proof of leaf ``leaf_index``; IndexError outside the tree."""
+        if leaf_index < 0:
+            raise IndexError(f"leaf index {leaf_index} is out of range for a tree of "
+                             f"{self.tree_size}")
         return tuple(self.merkle.proof(leaf_index))
 
     def certificate(self, leaf_index: int, entry: RequestEntry) -> Certificate:
