@@ -163,24 +163,27 @@ REPLY_CLIENTS = 2
 """Clients whose requests share the batch (the null-model suite's closed loop at 512)."""
 
 
-def _replies_per_client(derived):
+@pytest.fixture(scope="module")
+def executed_batch(saturated_batch):
+    """A committed batch as a node has it once executed: the manifest, the derived batch,
+    its 2f+1 COMMITs, each client's ``(leaf index, entry)`` items, and the node's key."""
+    manifest, batch, _ = saturated_batch
+    derived = derive(batch, manifest)
     by_client: dict[bytes, list] = {}
     for i, entry in enumerate(derived.entries):
         by_client.setdefault(bytes([i % REPLY_CLIENTS]), []).append((i, entry))
-    return list(by_client.values())
+    return (manifest, derived, _commits(manifest, 1, derived), list(by_client.values()),
+            _core.SigningKey.from_seed(bytes([1]) * 32))
 
 
-def test_write_replies_dropbear(benchmark, role, saturated_batch):
+def test_write_replies_dropbear(benchmark, role, executed_batch):
     """What a node does for each committed batch once it executed it: the batch's tree,
     hashed once, and each client's signed REPLY written from it by the core
     (``CommittedTree.reply_frame``, since the twenty-third round)."""
     role("dropbear")
     benchmark.group = (f"a node's signed REPLYs for a committed batch of {N_REQUESTS}, "
                        f"{REPLY_CLIENTS} clients")
-    manifest, batch, _ = saturated_batch
-    derived = derive(batch, manifest)
-    commits, parts = _commits(manifest, 1, derived), _replies_per_client(derived)
-    key = _core.SigningKey.from_seed(bytes([1]) * 32)
+    manifest, derived, commits, parts, key = executed_batch
 
     def replies():
         tree = commit_tree(manifest.group_id, 0, 1, derived.leaves, commits)
@@ -189,7 +192,7 @@ def test_write_replies_dropbear(benchmark, role, saturated_batch):
     assert sum(map(len, benchmark(replies))) > N_REQUESTS * 300
 
 
-def test_write_replies_reference(benchmark, role, saturated_batch):
+def test_write_replies_reference(benchmark, role, executed_batch):
     """Baseline: what a node did until the twenty-second round: the root and every proof
     as lists of hashes (two passes over the tree), and each REPLY as objects written and
     signed by ``wire.Reply``. The same bytes (tests/test_certificate.py)."""
@@ -198,11 +201,8 @@ def test_write_replies_reference(benchmark, role, saturated_batch):
     role("baseline")
     benchmark.group = (f"a node's signed REPLYs for a committed batch of {N_REQUESTS}, "
                        f"{REPLY_CLIENTS} clients")
-    manifest, batch, _ = saturated_batch
-    derived = derive(batch, manifest)
-    commits, parts = _commits(manifest, 1, derived), _replies_per_client(derived)
+    manifest, derived, commits, parts, key = executed_batch
     signatures = tuple(sorted((c.node, c.signature) for c in commits))
-    key = _core.SigningKey.from_seed(bytes([1]) * 32)
 
     def replies():
         leaves = list(derived.leaves)

@@ -194,18 +194,24 @@ async def test_a_request_executed_while_it_queued_for_the_model_gets_no_run(tmp_
     assert (executor.stats.batches, executor.stats.inputs, executor.stats.skipped) == (1, 4, 4)
 
 
-async def test_client_requests_with_bad_inputs_are_refused_and_the_rest_go_on_in_order():
-    """The frame handler refuses what a request's header gives away (dtype, shape, size);
-    the intake loop finds NaN and inf values for a whole batch at once: each client hears
-    what is wrong with its own request, and the good ones reach the replica in order."""
-    import numpy as np
-    from dropbear import control
-    from dropbear.consensus import ClientRequest
+class _Answers:
+    """What a node sends a client's connection (its REJECTs), kept in order."""
+
+    def __init__(self):
+        self.frames: list[bytes] = []
+
+    def send(self, payload: bytes) -> bool:
+        self.frames.append(payload)
+        return True
+
+
+def _intake_node(client_name: str):
+    """Node 0 of a group of four with the null model, whose replica events are kept
+    instead of handled; a client key and its connection's identity and answers."""
     from dropbear.inference import ModelRepository
     from dropbear.inference.null import NullExecutor
     from dropbear.net import PeerIdentity, Role
     from dropbear.node import Node
-    from dropbear.wire import Request
     from sim.group import key, make_group
 
     group = make_group(4)
@@ -215,17 +221,21 @@ async def test_client_requests_with_bad_inputs_are_refused_and_the_rest_go_on_in
     node = Node(manifest, 0, group.node_keys[0], executor, ModelRepository("models"))
     handled: list = []
     node._handle = handled.append
+    client = key(client_name)
+    return node, handled, client, PeerIdentity(Role.CLIENT, client.public_key), _Answers()
 
-    class Answers:
-        def __init__(self):
-            self.frames: list[bytes] = []
 
-        def send(self, payload: bytes) -> bool:
-            self.frames.append(payload)
-            return True
+async def test_client_requests_with_bad_inputs_are_refused_and_the_rest_go_on_in_order():
+    """The frame handler refuses what a request's header gives away (dtype, shape, size);
+    the intake loop finds NaN and inf values for a whole batch at once: each client hears
+    what is wrong with its own request, and the good ones reach the replica in order."""
+    import numpy as np
+    from dropbear import control
+    from dropbear.consensus import ClientRequest
+    from dropbear.wire import Request
 
-    client = key("intake/client")
-    peer, answers = PeerIdentity(Role.CLIENT, client.public_key), Answers()
+    node, handled, client, peer, answers = _intake_node("intake/client")
+    manifest = node.manifest
 
     def request(i: int, x: np.ndarray) -> Request:
         return Request.create(client, manifest.group_id, i, "float32", x.shape,
@@ -263,33 +273,12 @@ async def test_the_intake_queue_is_bounded_and_hands_over_in_batches(monkeypatch
     replica in batches of at most NODE_INTAKE_BATCH, in arrival order."""
     import numpy as np
     from dropbear import control, limits
-    from dropbear.inference import ModelRepository
-    from dropbear.inference.null import NullExecutor
-    from dropbear.net import PeerIdentity, Role
-    from dropbear.node import Node
     from dropbear.wire import Request
-    from sim.group import key, make_group
 
     monkeypatch.setattr(limits, "NODE_INTAKE_QUEUE", 5)
     monkeypatch.setattr(limits, "NODE_INTAKE_BATCH", 2)
-    group = make_group(4)
-    manifest = group.manifest
-    executor = NullExecutor(ModelRepository("models").config("digits-mlp"),
-                            manifest.nodes[0].model_version.hex())
-    node = Node(manifest, 0, group.node_keys[0], executor, ModelRepository("models"))
-    handled: list = []
-    node._handle = handled.append
-
-    class Answers:
-        def __init__(self):
-            self.frames: list[bytes] = []
-
-        def send(self, payload: bytes) -> bool:
-            self.frames.append(payload)
-            return True
-
-    client = key("intake/bounded")
-    peer, answers = PeerIdentity(Role.CLIENT, client.public_key), Answers()
+    node, handled, client, peer, answers = _intake_node("intake/bounded")
+    manifest = node.manifest
     x = np.ones((8, 8, 1), "<f4").tobytes()
     frames = [Request.create(client, manifest.group_id, i, "float32", (8, 8, 1), x).encoded
               for i in range(7)]

@@ -491,15 +491,10 @@ class RequestHeader(Message):
     def body(self) -> bytes:
         """The signed bytes, packed at once (every client request and every node's intake
         goes through here): the same bytes :meth:`_read_body` reads."""
-        dtype = self.dtype.encode()
-        rank = len(self.shape)
-        return b"".join((
-            _REQUEST_FIXED.pack(
-                VERSION, Kind.REQUEST, _sized(self.group_id, DIGEST_BYTES, "group id"),
-                _sized(self.client, KEY_BYTES, "client key"), self.request_id, len(dtype)),
-            dtype, _U8.pack(rank), _SHAPES[rank].pack(*self.shape),
-            _sized(self.input_digest, DIGEST_BYTES, "input digest"),
-        ))
+        return _header_body(_sized(self.group_id, DIGEST_BYTES, "group id"),
+                            _sized(self.client, KEY_BYTES, "client key"), self.request_id,
+                            self.dtype, self.shape,
+                            _sized(self.input_digest, DIGEST_BYTES, "input digest"))
 
     @classmethod
     def decode(cls, data: bytes) -> RequestHeader:
@@ -530,6 +525,18 @@ _SHAPES = [struct.Struct(f">{rank}I") for rank in range(MAX_INPUT_RANK + 1)]
 _REQUEST_FIXED = struct.Struct(f">BB{DIGEST_BYTES}s{KEY_BYTES}sQH")
 """A REQUEST header up to its dtype: version, kind, group id, client key, request id, dtype
 length."""
+
+
+def _header_body(group_id: bytes, client: bytes, request_id: int, dtype: str,
+                 shape: Sequence[int], input_digest: bytes) -> bytes:
+    """A REQUEST header's signed bytes, packed at once. The caller checks the byte fields'
+    lengths (a struct pads short ones); struct.error for a request id or dimension out of
+    its field's range."""
+    name = dtype.encode()
+    return b"".join((
+        _REQUEST_FIXED.pack(VERSION, Kind.REQUEST, group_id, client, request_id, len(name)),
+        name, _U8.pack(len(shape)), _SHAPES[len(shape)].pack(*shape), input_digest,
+    ))
 
 
 @functools.cache
@@ -601,16 +608,12 @@ class Request(Message):
         try:
             if item is None or len(shape) > MAX_INPUT_RANK or len(group_id) != DIGEST_BYTES:
                 raise ValueError
-            # The struct formats refuse a request id or dimension out of its field's range.
-            fixed = _REQUEST_FIXED.pack(VERSION, Kind.REQUEST, group_id, client, request_id,
-                                        len(dtype))
-            dims = _SHAPES[len(shape)].pack(*shape)
+            body = _header_body(group_id, client, request_id, dtype, shape, input_digest)
             if len(data) > MAX_REQUEST_BYTES or len(data) != math.prod(shape) * item:
                 raise ValueError
         except (ValueError, TypeError, struct.error):
             head = RequestHeader(group_id, client, request_id, dtype, shape, input_digest)
             return Request(head.signed(key), data)
-        body = b"".join((fixed, dtype.encode(), _U8.pack(len(shape)), dims, input_digest))
         head = _trusted(RequestHeader, {
             "group_id": group_id, "client": client, "request_id": request_id, "dtype": dtype,
             "shape": shape, "input_digest": input_digest, "signature": key.sign(body),

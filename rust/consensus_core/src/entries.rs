@@ -108,7 +108,9 @@ pub fn entry_len(votes: usize) -> usize {
     ENTRY_HEAD_LEN + votes * ENTRY_VOTE_LEN + ENTRY_TAIL_LEN
 }
 
-const ENTRY_HEAD_LEN: usize = 2 + 32 + 32 + 8 + 2;
+/// An entry up to its votes: version, kind, request digest, client key, request id, vote
+/// count.
+pub const ENTRY_HEAD_LEN: usize = 2 + 32 + 32 + 8 + 2;
 const ENTRY_VOTE_LEN: usize = 2 + 32 + 4 + 8;
 const ENTRY_TAIL_LEN: usize = 4 + 2 + 1;
 

@@ -103,22 +103,7 @@ pub fn inclusion_proof<L: AsRef<[u8]> + Sync>(
     leaves: &[L],
     index: u64,
 ) -> Result<Vec<Hash>, CoreError> {
-    let size = leaves.len() as u64;
-    if index >= size {
-        return Err(CoreError::IndexOutOfRange { index, size });
-    }
-    let mut level = leaf_level(leaves);
-    let mut i = index as usize;
-    let mut proof = Vec::new();
-    while level.len() > 1 {
-        let sibling = i ^ 1;
-        if sibling < level.len() {
-            proof.push(level[sibling]);
-        }
-        level = next_level(&level);
-        i /= 2;
-    }
-    Ok(proof)
+    Levels::new(leaves).proof(index)
 }
 
 /// Every level of a tree, leaf hashes first and the root last: each inclusion proof is read

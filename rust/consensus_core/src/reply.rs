@@ -8,7 +8,7 @@
 //! field: the reference is `dropbear.wire.Reply.decode` with `dropbear.certificate.
 //! verify_entry`, and the two must accept and refuse the same bytes.
 
-use crate::entries::{agreed, ENTRY_KIND, ENTRY_VERSION};
+use crate::entries::{agreed, ENTRY_HEAD_LEN, ENTRY_KIND, ENTRY_VERSION};
 use crate::merkle::{self, Hash, Levels};
 
 /// The format version byte, and the REPLY kind byte.
@@ -22,9 +22,6 @@ pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// What a node's REPLY signature signs before the SHA-256 of the body
 /// (`dropbear.wire.REPLY_SIGNING_CONTEXT`; a test compares them).
 pub const SIGNING_CONTEXT: &[u8] = b"dropbear reply\0";
-/// A request entry up to its votes: version, kind, request digest, client key, request id,
-/// vote count.
-const ENTRY_HEAD_BYTES: usize = 2 + 32 + 32 + 8 + 2;
 const GROUP_ID_BYTES: usize = 32;
 const SIGNATURE_BYTES: usize = 64;
 
@@ -412,7 +409,7 @@ pub fn write_reply_body<L: AsRef<[u8]>>(
             .get(index as usize)
             .ok_or_else(|| format!("leaf {index} of a tree of {tree_size}"))?
             .as_ref();
-        if leaf.len() < ENTRY_HEAD_BYTES || leaf[0] != ENTRY_VERSION || leaf[1] != ENTRY_KIND {
+        if leaf.len() < ENTRY_HEAD_LEN || leaf[0] != ENTRY_VERSION || leaf[1] != ENTRY_KIND {
             return Err(format!("leaf {index} is not a request entry"));
         }
         let entry_len =

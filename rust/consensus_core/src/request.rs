@@ -5,10 +5,9 @@
 //! (`None`), and `dropbear.wire`'s general reader names its fault. The two accept exactly
 //! the same bytes as well-formed (a hypothesis test holds them to it).
 
-use crate::reply::MAX_MESSAGE_BYTES;
+use crate::reply::{MAX_MESSAGE_BYTES, VERSION};
 
-/// The format version byte, and the REQUEST kind byte.
-pub const VERSION: u8 = 0x01;
+/// The REQUEST kind byte (after the format version byte every encoding starts with).
 pub const REQUEST_KIND: u8 = 0x01;
 /// Limits, as `dropbear.limits` names them (a test compares them).
 pub const MAX_INPUT_RANK: usize = 8;
